@@ -1,0 +1,198 @@
+"""From validated records to model-ready batches through the backbone's (injected) processor."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+
+from datamodules.media import MediaConfig, MediaError, VideoClip, load_image, load_video
+from datamodules.prompts import build_prompt, split_content
+from datamodules.records import Record, SFTRecord
+
+Mode = Literal["sft", "rl", "eval"]
+MODES: tuple[str, ...] = ("sft", "rl", "eval")
+IGNORE_INDEX = -100
+VIDEO_WRAPPER = "<|vision_start|><|video_pad|><|vision_end|>"
+VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+
+
+@dataclass
+class Example:
+    """One record with its media decoded and its chat turns built."""
+
+    record: Record
+    messages: list[dict[str, Any]]
+    images: list[Image.Image] = field(default_factory=list)
+    videos: list[VideoClip] = field(default_factory=list)
+    position: tuple[int, int] | None = None  # (epoch, place) in the sampler's stream, for exact resume
+
+    @property
+    def task(self) -> str:
+        return f"{self.record.problem_type}/{self.record.data_type}"
+
+    def meta(self) -> dict[str, Any]:
+        r = self.record
+        sizes = [im.size for im in self.images] or [v.original_size for v in self.videos]
+        return {
+            "problem_id": r.problem_id,
+            "problem_type": r.problem_type,
+            "data_type": r.data_type,
+            "data_source": r.data_source,
+            "answer": r.target,
+            "options": list(r.options),
+            "media": [str(p) for p in r.media],
+            "media_size": list(sizes[0]) if sizes else None,
+            "fps": self.videos[0].native_fps if self.videos else getattr(r, "fps", None),
+            "sample_fps": self.videos[0].sample_fps if self.videos else None,
+            "timestamps": self.videos[0].timestamps if self.videos else None,
+            "position": self.position,
+        }
+
+
+@dataclass
+class Skipped:
+    """A record dropped because of bad media (``on_bad_media="skip"``); counted, never silent."""
+
+    record: Record
+    reason: str
+    position: tuple[int, int] | None = None
+
+    @property
+    def task(self) -> str:
+        return f"{self.record.problem_type}/{self.record.data_type}"
+
+
+def user_parts(record: Record) -> list[dict[str, str]]:
+    """The user turn as chat parts; media with no placeholder in the text go first."""
+    parts = split_content(build_prompt(record))
+    if record.media and not any(p["type"] != "text" for p in parts):
+        parts = [{"type": record.data_type} for _ in record.media] + parts
+    return parts
+
+
+def build_example(record: Record, mode: Mode, media: MediaConfig, position: tuple[int, int] | None = None) -> Example:
+    """Decode a record's media and build its chat turns (raises `MediaError` on bad media)."""
+    label = f"{record.source} #{record.index} problem_id={record.problem_id}"
+    images, videos = [], []
+    for path in record.media:
+        if record.data_type == "image":
+            images.append(load_image(path, media.image, media.factor, record=label).image)
+        else:
+            videos.append(load_video(path, media.video_frame, media.factor, media.fps, media.max_frames, media.min_frames, record=label))
+    messages: list[dict[str, Any]] = [{"role": "user", "content": user_parts(record)}]
+    if mode == "sft":
+        assert isinstance(record, SFTRecord)
+        messages += [{"role": t.role, "content": t.content} for t in record.messages[1:]]
+    return Example(record, messages, images, videos, position)
+
+
+def assistant_token_mask(input_ids: torch.Tensor, header_ids: list[int], end_id: int) -> torch.Tensor:
+    """True on the tokens of every assistant turn: after its header, up to and including ``<|im_end|>``."""
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    n = len(header_ids)
+    header = torch.tensor(header_ids, dtype=input_ids.dtype)
+    for row, ids in enumerate(input_ids):
+        if ids.numel() < n:
+            continue
+        starts = (ids.unfold(0, n, 1) == header).all(dim=1).nonzero().flatten().tolist()
+        for s in starts:
+            begin = s + n
+            ends = (ids[begin:] == end_id).nonzero()
+            stop = begin + int(ends[0]) + 1 if len(ends) else ids.numel()
+            mask[row, begin:stop] = True
+    return mask
+
+
+class Collator:
+    """Turns `Example`s into one batch with the injected Qwen-VL processor.
+
+    Rows of image, video and text only mix freely. Generation modes pad on the left (right padding
+    would misalign the image tokens with the prompt in batched generation).
+    """
+
+    def __init__(self, processor: Any, mode: Mode, max_length: int | None = None):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+        self.processor, self.mode, self.max_length = processor, mode, max_length
+        tok = processor.tokenizer
+        self.header_ids = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
+        self.end_id = tok.convert_tokens_to_ids("<|im_end|>")
+        self.timestamped_video = type(processor).__name__.startswith("Qwen3VL")
+
+    def _process(self, examples: list[Example]) -> dict[str, Any]:
+        texts = [
+            self.processor.apply_chat_template(ex.messages, tokenize=False, add_generation_prompt=self.mode != "sft")
+            for ex in examples
+        ]
+        if self.timestamped_video:
+            # Qwen3-VL expands each video into "<t seconds><|vision_start|>…<|vision_end|>" per frame
+            # itself; some transformers releases keep the template's outer wrapper too, nesting the
+            # markers. Dropping it gives the layout the released models were trained on.
+            texts = [t.replace(VIDEO_WRAPPER, "<|video_pad|>") for t in texts]
+        images = [im for ex in examples for im in ex.images]
+        clips = [clip for ex in examples for clip in ex.videos]
+        kwargs: dict[str, Any] = {}
+        if clips:
+            from transformers.video_utils import VideoMetadata
+
+            kwargs["videos"] = [c.frames for c in clips]
+            kwargs["video_metadata"] = [
+                VideoMetadata(
+                    total_num_frames=c.total_frames,
+                    fps=c.native_fps,
+                    width=c.original_size[0],
+                    height=c.original_size[1],
+                    frames_indices=c.frame_indices,
+                )
+                for c in clips
+            ]
+            kwargs["do_sample_frames"] = False
+        out = self.processor(
+            text=texts,
+            images=images or None,
+            do_resize=False,
+            padding=True,
+            padding_side="right" if self.mode == "sft" else "left",
+            return_tensors="pt",
+            return_mm_token_type_ids=True,
+            **kwargs,
+        )
+        return dict(out)
+
+    def __call__(self, items: list[Example | Skipped]) -> dict[str, Any]:
+        examples = [it for it in items if isinstance(it, Example)]
+        skipped = Counter(f"bad_media/{it.task}" for it in items if isinstance(it, Skipped))
+        positions = [it.position for it in items]
+        batch = self._process(examples) if examples else {}
+        if examples and self.max_length is not None:
+            lengths = batch["attention_mask"].sum(dim=1)
+            keep = [ex for ex, n in zip(examples, lengths.tolist()) if n <= self.max_length]
+            if len(keep) < len(examples):
+                skipped.update(f"too_long/{ex.task}" for ex, n in zip(examples, lengths.tolist()) if n > self.max_length)
+                examples = keep
+                batch = self._process(examples) if examples else {}
+        for key in VISION_KEYS:
+            batch.setdefault(key, None)
+        if self.mode == "sft" and examples:
+            mask = assistant_token_mask(batch["input_ids"], self.header_ids, self.end_id) & batch["attention_mask"].bool()
+            batch["labels"] = torch.where(mask, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX))
+        batch["meta"] = [ex.meta() for ex in examples]
+        batch["skipped"] = dict(skipped)
+        batch["positions"] = positions
+        return batch
+
+
+def load_example(
+    record: Record, mode: Mode, media: MediaConfig, on_bad_media: str, position: tuple[int, int] | None = None
+) -> Example | Skipped:
+    """`build_example`, or a `Skipped` marker when ``on_bad_media == "skip"``."""
+    try:
+        return build_example(record, mode, media, position)
+    except MediaError as e:
+        if on_bad_media != "skip":
+            raise
+        return Skipped(record, str(e), position)

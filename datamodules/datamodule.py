@@ -1,0 +1,195 @@
+"""`OneThinkerDataModule`: manifests → mixed-task sampling → media in workers → processor batches."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import replace
+from typing import Any, Literal
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.collate import Collator, Example, Mode, Skipped, load_example
+from datamodules.media import MediaConfig, PixelBudget, stage_media
+from datamodules.records import Record, load_records
+from datamodules.sampling import MixedTaskSampler, sampling_probabilities
+
+log = logging.getLogger(__name__)
+RECORD_KIND = {"sft": "sft", "rl": "rl", "eval": "eval"}
+
+
+class RecordDataset(Dataset):
+    """Records whose media decode on access (so in DataLoader workers).
+
+    Keys are record indices, or the (epoch, position, index) keys `MixedTaskSampler` yields.
+    """
+
+    def __init__(self, records: list[Record], mode: Mode, media: MediaConfig, on_bad_media: str = "error"):
+        self.records, self.mode, self.media, self.on_bad_media = records, mode, media, on_bad_media
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int, int]) -> Example | Skipped:
+        position = None
+        if isinstance(key, tuple):
+            epoch, pos, key = key
+            position = (epoch, pos)
+        item = load_example(self.records[key], self.mode, self.media, self.on_bad_media, position)
+        if isinstance(item, Skipped):
+            log.warning("skipping record with bad media: %s", item.reason)
+        return item
+
+
+class OneThinkerDataModule(L.LightningDataModule):
+    """OneThinker data for one stage.
+
+    Args:
+        mode: ``sft`` (ShareGPT records, labels on assistant tokens), ``rl`` (RL records, left-padded
+            prompts) or ``eval`` (evaluation records, left-padded prompts).
+        train_manifests: RL or SFT manifests (JSON list or JSONL) drawn from together.
+        val_manifests: manifests of the same kind, read in order.
+        test_manifests: evaluation manifests, read in order (``test`` and ``predict``).
+        media_root: folder relative media paths resolve against (default: each manifest's folder).
+        weights: target shares per dimension (``problem_type``, ``mix_group``, ``data_type``,
+            ``data_source``), e.g. ``{"data_type": {"image": 1, "video": 1}}``.
+        temperature: flattens natural dataset sizes before the weights apply (1 keeps them).
+        samples_per_epoch: draws per rank and epoch (default: the number of train records).
+        batch_size: rows per batch (prompts in RL).
+        eval_batch_size: rows per validation/test batch (default: ``batch_size``).
+        num_workers: DataLoader worker processes that decode media.
+        seed: sampling seed; ranks read disjoint positions of one seeded stream.
+        family: backbone family, which sets the patch factor (``qwen3_vl``: 32, ``qwen2_5_vl``: 28).
+        media_stage: SPEC §4 budget set (``rl``, ``sft`` or ``eval``; default: by ``mode``).
+        image_pixels: (min, max) pixels per image, overriding the stage's.
+        video_pixels: (min, max) pixels per video frame, overriding the stage's.
+        fps: video sampling rate.
+        max_frames: frames per video at most.
+        on_bad_media: ``error`` raises `MediaError`; ``skip`` drops the row, counted per task.
+        max_length: rows with more tokens are dropped and counted (SFT uses 16,384).
+    """
+
+    def __init__(
+        self,
+        mode: Literal["sft", "rl", "eval"] = "rl",
+        train_manifests: list[str] | None = None,
+        val_manifests: list[str] | None = None,
+        test_manifests: list[str] | None = None,
+        media_root: str | None = None,
+        weights: dict[str, dict[str, float]] | None = None,
+        temperature: float = 1.0,
+        samples_per_epoch: int | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        family: Literal["qwen3_vl", "qwen2_5_vl"] = "qwen3_vl",
+        media_stage: Literal["sft", "rl", "eval"] | None = None,
+        image_pixels: tuple[int, int] | None = None,
+        video_pixels: tuple[int, int] | None = None,
+        fps: float = 2.0,
+        max_frames: int = 128,
+        on_bad_media: Literal["error", "skip"] = "error",
+        max_length: int | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.mode = mode
+        self.processor: Any = None
+        self.records: dict[str, list[Record]] = {}
+        self.skipped: Counter[str] = Counter()
+        self._sampler: MixedTaskSampler | None = None
+        self._pending_state: dict[str, Any] | None = None
+        media = stage_media(media_stage or mode, family)
+        media = replace(media, fps=fps, max_frames=max_frames)
+        if image_pixels is not None:
+            media = replace(media, image=PixelBudget(*image_pixels))
+        if video_pixels is not None:
+            media = replace(media, video_frame=PixelBudget(*video_pixels))
+        self.media: MediaConfig = media
+
+    def connect(self, processor: Any) -> None:
+        """Inject the backbone's processor (the data side never builds a model)."""
+        self.processor = processor
+
+    def _load(self, manifests: list[str] | None, kind: str) -> list[Record]:
+        records: list[Record] = []
+        for path in manifests or []:
+            records += load_records(path, kind, self.hparams.media_root)
+        return records
+
+    def setup(self, stage: str | None = None) -> None:
+        kind = RECORD_KIND[self.mode]
+        if "train" not in self.records:
+            self.records["train"] = self._load(self.hparams.train_manifests, "eval" if kind == "eval" else kind)
+            self.records["val"] = self._load(self.hparams.val_manifests, kind)
+            self.records["test"] = self._load(self.hparams.test_manifests, "eval")
+
+    def _collator(self, mode: Mode) -> Collator:
+        if self.processor is None:
+            raise RuntimeError("OneThinkerDataModule needs a processor: call connect(processor) first")
+        return Collator(self.processor, mode, self.hparams.max_length)
+
+    def _dataset(self, split: str, mode: Mode) -> RecordDataset:
+        self.setup()
+        if not self.records[split]:
+            raise ValueError(f"no {split} records: set {split}_manifests")
+        return RecordDataset(self.records[split], mode, self.media, self.hparams.on_bad_media)
+
+    def train_sampler(self) -> MixedTaskSampler:
+        """The train sampler, built once, with this rank's place and any restored position."""
+        if self._sampler is None:
+            trainer = getattr(self, "trainer", None)
+            rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+            records = self.records["train"]
+            probs = sampling_probabilities(records, self.hparams.weights, self.hparams.temperature)
+            n = self.hparams.samples_per_epoch or len(records)
+            self._sampler = MixedTaskSampler(probs, n, self.hparams.seed, rank, world)
+            if self._pending_state is not None:
+                self._sampler.load_state_dict(self._pending_state)
+        return self._sampler
+
+    def _loader(self, dataset: Dataset, batch_size: int, mode: Mode, sampler: Any = None) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=self._collator(mode),
+            persistent_workers=False,
+            prefetch_factor=2 if workers else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._dataset("train", self.mode)
+        return self._loader(dataset, self.hparams.batch_size, self.mode, self.train_sampler())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val", self.mode), self.hparams.eval_batch_size or self.hparams.batch_size, self.mode)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test", "eval"), self.hparams.eval_batch_size or self.hparams.batch_size, "eval")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Runs in the main process on each consumed batch: advance the resume point, count skips."""
+        self.skipped.update(batch.get("skipped", {}))
+        positions = [p for p in batch.get("positions", []) if p is not None]
+        if positions and self._sampler is not None:
+            self._sampler.consumed(*max(positions))
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self._sampler.state_dict() if self._sampler is not None else dict(self._pending_state or {})
+        return {"sampler": state, "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_state = state_dict.get("sampler") or None
+        self.skipped = Counter(state_dict.get("skipped", {}))
+        if self._sampler is not None and self._pending_state:
+            self._sampler.load_state_dict(self._pending_state)

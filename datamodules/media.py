@@ -1,0 +1,157 @@
+"""Image and video loading within the per-stage pixel budgets of SPEC §4.
+
+Frames come out already resized to multiples of the backbone's patch factor (32 for Qwen3-VL, 28 for
+Qwen2.5-VL), so the processor runs with ``do_resize=False`` and this module is the one place that
+decides resolution. Videos keep their timestamps, so answers in seconds stay correct.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+
+class MediaError(RuntimeError):
+    """A missing, corrupt or empty media file."""
+
+    def __init__(self, path: str | Path, message: str, record: str = ""):
+        self.path, self.record = str(path), record
+        where = f" (record: {record})" if record else ""
+        super().__init__(f"{path}{where}: {message}")
+
+
+@dataclass(frozen=True)
+class PixelBudget:
+    """Pixels per image or per video frame: the resized area lies in [min_pixels, max_pixels]."""
+
+    min_pixels: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Resolution and sampling of one stage (SPEC §4)."""
+
+    image: PixelBudget
+    video_frame: PixelBudget
+    fps: float = 2.0
+    max_frames: int = 128
+    min_frames: int = 4
+    factor: int = 32
+
+
+# SPEC §4. Minimums the spec leaves open follow the RL stage.
+STAGE_MEDIA: dict[str, MediaConfig] = {
+    "rl": MediaConfig(PixelBudget(3136, 1_048_576), PixelBudget(4096, 65_536)),
+    "sft": MediaConfig(PixelBudget(3136, 802_816), PixelBudget(4096, 100_352)),
+    "eval": MediaConfig(PixelBudget(3136, 1_048_576), PixelBudget(4096, 262_144)),
+}
+PATCH_FACTOR: dict[str, int] = {"qwen3_vl": 32, "qwen2_5_vl": 28}
+
+
+def stage_media(stage: str, family: str = "qwen3_vl") -> MediaConfig:
+    """The SPEC §4 media settings of a stage, rounded to a backbone family's patch factor."""
+    base = STAGE_MEDIA[stage]
+    return MediaConfig(base.image, base.video_frame, base.fps, base.max_frames, base.min_frames, PATCH_FACTOR[family])
+
+
+def fit_size(height: int, width: int, budget: PixelBudget, factor: int) -> tuple[int, int]:
+    """(height, width) rounded to ``factor`` with the area inside the budget (Qwen's smart_resize)."""
+    return smart_resize(height, width, factor=factor, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels)
+
+
+@dataclass
+class ImageItem:
+    image: Image.Image
+    original_size: tuple[int, int]  # (width, height)
+
+
+@dataclass
+class VideoClip:
+    """Sampled, resized frames with the times (seconds) they were taken at."""
+
+    frames: torch.Tensor  # uint8 [T, 3, H, W]
+    frame_indices: list[int]
+    timestamps: list[float]
+    native_fps: float
+    total_frames: int
+    original_size: tuple[int, int]  # (width, height)
+
+    @property
+    def sample_fps(self) -> float:
+        duration = self.total_frames / self.native_fps
+        return len(self.frame_indices) / duration if duration > 0 else self.native_fps
+
+
+def load_image(path: str | Path, budget: PixelBudget, factor: int = 32, record: str = "") -> ImageItem:
+    """Decode an image as RGB and resize it into the budget."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except FileNotFoundError:
+        raise MediaError(path, "image file not found", record) from None
+    except Exception as e:  # PIL raises many types on corrupt data
+        raise MediaError(path, f"cannot decode image: {e}", record) from e
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise MediaError(path, "image is empty", record)
+    new_h, new_w = fit_size(h, w, budget, factor)
+    resized = img if (new_w, new_h) == (w, h) else img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    return ImageItem(resized, (w, h))
+
+
+def sample_indices(total_frames: int, native_fps: float, fps: float, max_frames: int, min_frames: int = 4) -> list[int]:
+    """Frames at ``fps`` over the clip, at most ``max_frames``, spread uniformly (qwen-vl-utils' rule).
+
+    The count is rounded to an even number (the temporal patch is 2 frames).
+    """
+    duration = total_frames / native_fps
+    wanted = round(duration * fps / 2) * 2
+    upper = min(max_frames, total_frames)
+    count = max(min(wanted, upper - upper % 2), min(min_frames, total_frames))
+    return np.linspace(0, total_frames - 1, max(count, 1)).round().astype(int).tolist()
+
+
+def load_video(
+    path: str | Path,
+    budget: PixelBudget,
+    factor: int = 32,
+    fps: float = 2.0,
+    max_frames: int = 128,
+    min_frames: int = 4,
+    record: str = "",
+) -> VideoClip:
+    """Decode a video with decord, sample it at ``fps`` and resize the frames into the per-frame budget."""
+    import decord
+
+    if not Path(path).is_file():
+        raise MediaError(path, "video file not found", record)
+    try:
+        probe = decord.VideoReader(str(path), num_threads=1)
+        total, native_fps = len(probe), float(probe.get_avg_fps())
+        if total == 0:
+            raise MediaError(path, "video has no frames", record)
+        height, width = probe[0].shape[:2]
+        new_h, new_w = fit_size(height, width, budget, factor)
+        indices = sample_indices(total, native_fps if native_fps > 0 else 1.0, fps, max_frames, min_frames)
+        # Decoding straight to the target size lets ffmpeg scale in C: much faster than resizing after.
+        reader = probe if (new_h, new_w) == (height, width) else decord.VideoReader(str(path), width=new_w, height=new_h, num_threads=1)
+        frames = reader.get_batch(indices).asnumpy()
+    except MediaError:
+        raise
+    except Exception as e:  # decord raises DECORDError and RuntimeError subclasses
+        raise MediaError(path, f"cannot decode video: {e}", record) from e
+    native_fps = native_fps if native_fps > 0 else 1.0
+    return VideoClip(
+        frames=torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),
+        frame_indices=indices,
+        timestamps=[i / native_fps for i in indices],
+        native_fps=native_fps,
+        total_frames=total,
+        original_size=(width, height),
+    )
