@@ -8,6 +8,7 @@ is ever needed. ``from_pretrained`` checkpoints ship their own processor instead
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from functools import lru_cache
@@ -110,10 +111,8 @@ def qwen_tokenizer() -> Any:
         raise RuntimeError(f"converted Qwen tokenizer has added-token ids {ids[:3]}..., expected {expected[:3]}...")
     tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
     tok.save_pretrained(str(tmp))
-    try:
+    with contextlib.suppress(OSError):  # another process won the race; its copy is identical
         tmp.rename(cached)
-    except OSError:  # another process won the race; its copy is identical
-        pass
     return AutoTokenizer.from_pretrained(str(cached) if cached.exists() else str(tmp))
 
 
