@@ -29,6 +29,7 @@ class Example:
     images: list[Image.Image] = field(default_factory=list)
     videos: list[VideoClip] = field(default_factory=list)
     position: tuple[int, int] | None = None  # (epoch, place) in the sampler's stream, for exact resume
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height)
 
     @property
     def task(self) -> str:
@@ -36,7 +37,7 @@ class Example:
 
     def meta(self) -> dict[str, Any]:
         r = self.record
-        sizes = [im.size for im in self.images] or [v.original_size for v in self.videos]
+        sizes = self.image_sizes or [v.original_size for v in self.videos]
         return {
             "problem_id": r.problem_id,
             "problem_type": r.problem_type,
@@ -77,17 +78,19 @@ def user_parts(record: Record) -> list[dict[str, str]]:
 def build_example(record: Record, mode: Mode, media: MediaConfig, position: tuple[int, int] | None = None) -> Example:
     """Decode a record's media and build its chat turns (raises `MediaError` on bad media)."""
     label = f"{record.source} #{record.index} problem_id={record.problem_id}"
-    images, videos = [], []
+    images, sizes, videos = [], [], []
     for path in record.media:
         if record.data_type == "image":
-            images.append(load_image(path, media.image, media.factor, record=label).image)
+            item = load_image(path, media.image, media.factor, record=label)
+            images.append(item.image)
+            sizes.append(item.original_size)
         else:
             videos.append(load_video(path, media.video_frame, media.factor, media.fps, media.max_frames, media.min_frames, record=label))
     messages: list[dict[str, Any]] = [{"role": "user", "content": user_parts(record)}]
     if mode == "sft":
         assert isinstance(record, SFTRecord)
         messages += [{"role": t.role, "content": t.content} for t in record.messages[1:]]
-    return Example(record, messages, images, videos, position)
+    return Example(record, messages, images, videos, position, sizes)
 
 
 def assistant_token_mask(input_ids: torch.Tensor, header_ids: list[int], end_id: int) -> torch.Tensor:

@@ -58,25 +58,26 @@ VISION_TOKENS: tuple[str, ...] = (
 )
 
 # A Qwen-VL chat template in the released models' layout: image/video parts become
-# <|vision_start|><|image_pad|><|vision_end|>, which the processor expands.
+# <|vision_start|><|image_pad|><|vision_end|>, which the processor expands. No whitespace control:
+# the template is one line, and trimming would eat the newlines after the role.
 _VISION_PARTS = (
-    "{%- if part.type == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif part.type == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- else -%}{{ part.text }}{%- endif -%}"
+    "{% if part.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part.type == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% else %}{{ part.text }}{% endif %}"
 )
 _TURNS = (
-    "{%- for message in messages -%}"
+    "{% for message in messages %}"
     "<|im_start|>{{ message.role }}\n"
-    "{%- if message.content is string -%}{{ message.content }}"
-    "{%- else -%}{%- for part in message.content -%}" + _VISION_PARTS + "{%- endfor -%}{%- endif -%}"
+    "{% if message.content is string %}{{ message.content }}"
+    "{% else %}{% for part in message.content %}" + _VISION_PARTS + "{% endfor %}{% endif %}"
     "<|im_end|>\n"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 # Qwen2.5-VL's template adds a default system turn when none is given; Qwen3-VL's does not.
 CHAT_TEMPLATES: dict[str, str] = {
     "qwen3_vl": _TURNS,
-    "qwen2_5_vl": "{%- if messages[0].role != 'system' -%}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{%- endif -%}"
+    "qwen2_5_vl": "{% if messages[0].role != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     + _TURNS,
 }
 
