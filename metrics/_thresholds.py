@@ -1,0 +1,22 @@
+"""Threshold validation and key naming shared by the box and span metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """Return thresholds as a tuple of floats in [0, 1]; raise ValueError otherwise."""
+    try:
+        out = tuple(float(t) for t in thresholds)
+    except TypeError as err:
+        raise ValueError(f"`thresholds` must be a sequence of numbers, got {thresholds!r}") from err
+    if not out or any(not math.isfinite(t) or not 0.0 <= t <= 1.0 for t in out):
+        raise ValueError(f"`thresholds` must be a non-empty sequence of numbers in [0, 1], got {thresholds!r}")
+    return out
+
+
+def threshold_key(prefix: str, t: float) -> str:
+    """Metric key such as "SR@0.5" or "R@0.75"."""
+    return f"{prefix}@{t:g}"

@@ -1,0 +1,92 @@
+"""Grounding metrics: temporal grounding (mIoU, R@t) and referring boxes (mIoU, Acc@t)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from metrics._thresholds import check_thresholds, threshold_key
+from metrics.boxes import BOX_FORMATS, check_boxes, span_iou, to_xyxy, xyxy_iou
+
+
+class _MeanIoURecall(Metric):
+    """Shared state: IoU sum, sample count, hits (IoU >= t) per threshold, NaN-prediction count."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    iou_sum: Tensor
+    count: Tensor
+    hits: Tensor
+    num_nan_preds: Tensor
+
+    _prefix = "R"
+
+    def __init__(self, thresholds: Sequence[float], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.thresholds = check_thresholds(thresholds)
+        self.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("hits", torch.zeros(len(self.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("num_nan_preds", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def _add(self, iou: Tensor, nan_rows: Tensor) -> None:
+        iou = torch.where(nan_rows, torch.zeros_like(iou), iou)
+        thr = torch.tensor(self.thresholds, dtype=torch.float64, device=iou.device)
+        dev = self.iou_sum.device
+        self.iou_sum += iou.sum().to(dev)
+        self.count += iou.numel()
+        self.hits += (iou[:, None] >= thr).sum(0).to(dev)
+        self.num_nan_preds += int(nan_rows.sum())
+
+    def compute(self) -> dict[str, Tensor]:
+        """Return {"mIoU", "<prefix>@t"...} as float64 scalars."""
+        n = self.count.double()
+        out = {"mIoU": self.iou_sum / n}
+        for t, h in zip(self.thresholds, self.hits.unbind()):
+            out[threshold_key(self._prefix, t)] = h.double() / n
+        return out
+
+
+class TemporalGroundingRecall(_MeanIoURecall):
+    """Temporal grounding: mIoU is the mean tIoU, R@t the share of samples with tIoU >= t.
+
+    `update(preds [N, 2], target [N, 2])` in seconds. tIoU uses the hull as the union; swapped or
+    zero-length predictions score 0, a NaN prediction scores 0 and is counted in `num_nan_preds`.
+    Targets must be finite with start <= end. Returns {"mIoU", "R@0.3", "R@0.5", "R@0.7"}.
+    """
+
+    def __init__(self, thresholds: Sequence[float] = (0.3, 0.5, 0.7), **kwargs: object) -> None:
+        super().__init__(thresholds, **kwargs)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add spans [N, 2] (start, end) in seconds."""
+        preds, target, nan_rows = check_boxes(preds, target, width=2)
+        if (target[:, 1] < target[:, 0]).any():
+            raise ValueError("`target` spans must have start <= end")
+        self._add(span_iou(preds, target), nan_rows)
+
+
+class BoxGroundingAccuracy(_MeanIoURecall):
+    """Referring-expression boxes (RefCOCO family): mean IoU and Acc@t, the share with IoU >= t.
+
+    `update(preds [N, 4], target [N, 4])`; IoU as OneThinker's `iou_2d`. A NaN prediction scores 0
+    and is counted in `num_nan_preds`. Returns {"mIoU", "Acc@0.5"}.
+    """
+
+    _prefix = "Acc"
+
+    def __init__(self, thresholds: Sequence[float] = (0.5,), box_format: str = "xyxy", **kwargs: object) -> None:
+        super().__init__(thresholds, **kwargs)
+        if box_format not in BOX_FORMATS:
+            raise ValueError(f"`box_format` must be one of {BOX_FORMATS}, got {box_format!r}")
+        self.box_format = box_format
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add boxes [N, 4] in `box_format`."""
+        preds, target, nan_rows = check_boxes(preds, target)
+        self._add(xyxy_iou(to_xyxy(preds, self.box_format), to_xyxy(target, self.box_format)), nan_rows)
