@@ -1,0 +1,52 @@
+"""The Quickstart demo: synthetic suite → records → media → one collated batch per task."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from datamodules.collate import Collator, build_example
+from datamodules.media import stage_media
+from datamodules.records import load_records
+from datamodules.synthetic import generate_suite
+from lightning_modules.processing import build_processor
+
+
+def _row(task: str, batch: dict, tokenizer) -> str:
+    ids = batch["input_ids"]
+    image_id, video_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
+    pixels = batch["pixel_values"] if batch["pixel_values"] is not None else batch["pixel_values_videos"]
+    grid = batch["image_grid_thw"] if batch["image_grid_thw"] is not None else batch["video_grid_thw"]
+    labels = batch.get("labels")
+    trained = int((labels != -100).sum()) if labels is not None else 0
+    return (
+        f"{task:<34} {ids.shape[0]:>4} {ids.shape[1]:>6} {int((ids == image_id).sum()):>7} "
+        f"{int((ids == video_id).sum()):>7} {str(tuple(pixels.shape)) if pixels is not None else '-':>14} "
+        f"{str(grid[0].tolist()) if grid is not None else '-':>14} {trained:>8}"
+    )
+
+
+def run_demo(out: str | Path, per_task: int = 4, seed: int = 0) -> None:
+    """Write the suite, then collate one RL and one SFT batch per task with the offline Qwen3-VL processor."""
+    out = Path(out)
+    paths = generate_suite(out / "synthetic", per_task=per_task, seed=seed)
+    processor = build_processor("qwen3_vl")
+    header = f"{'task':<34} {'rows':>4} {'tokens':>6} {'img tok':>7} {'vid tok':>7} {'pixel values':>14} {'grid (t,h,w)':>14} {'labelled':>8}"
+    for mode in ("rl", "sft"):
+        records = load_records(paths[mode], mode)
+        by_task = defaultdict(list)
+        for r in records:
+            by_task[f"{r.problem_type}/{r.data_type}"].append(r)
+        media = stage_media(mode)
+        collate = Collator(processor, mode)
+        print(f"\n== {mode.upper()} batches ({len(records)} records from {paths[mode]}) ==")
+        print(header)
+        for task, rows in by_task.items():
+            batch = collate([build_example(r, mode, media) for r in rows])
+            print(_row(task, batch, processor.tokenizer))
+    first = load_records(paths["rl"], "rl")[0]
+    print(f"\nExample prompt ({first.problem_type}/{first.data_type}, problem_id={first.problem_id}):")
+    from datamodules.prompts import build_prompt
+
+    print(build_prompt(first))
+    print(f"answer: {first.answer}")
