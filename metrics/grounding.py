@@ -6,13 +6,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from metrics._thresholds import check_thresholds, threshold_key
+from metrics._common import NanPredictionCount, check_thresholds, threshold_key
 from metrics.boxes import BOX_FORMATS, check_boxes, span_iou, to_xyxy, xyxy_iou
 
 
-class _MeanIoURecall(Metric):
+class _MeanIoURecall(NanPredictionCount):
     """Shared state: IoU sum, sample count, hits (IoU >= t) per threshold, NaN-prediction count."""
 
     is_differentiable = False
@@ -22,7 +21,6 @@ class _MeanIoURecall(Metric):
     iou_sum: Tensor
     count: Tensor
     hits: Tensor
-    num_nan_preds: Tensor
 
     _prefix = "R"
 
@@ -32,7 +30,7 @@ class _MeanIoURecall(Metric):
         self.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("hits", torch.zeros(len(self.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("num_nan_preds", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self._add_nan_state()
 
     def _add(self, iou: Tensor, nan_rows: Tensor) -> None:
         iou = torch.where(nan_rows, torch.zeros_like(iou), iou)
@@ -56,7 +54,7 @@ class TemporalGroundingRecall(_MeanIoURecall):
     """Temporal grounding: mIoU is the mean tIoU, R@t the share of samples with tIoU >= t.
 
     `update(preds [N, 2], target [N, 2])` in seconds. tIoU uses the hull as the union; swapped or
-    zero-length predictions score 0, a NaN prediction scores 0 and is counted in `num_nan_preds`.
+    zero-length predictions score 0, a NaN prediction scores 0 and is counted by `nan_predictions()`.
     Targets must be finite with start <= end. Returns {"mIoU", "R@0.3", "R@0.5", "R@0.7"}.
     """
 
@@ -75,12 +73,14 @@ class BoxGroundingAccuracy(_MeanIoURecall):
     """Referring-expression boxes (RefCOCO family): mean IoU and Acc@t, the share with IoU >= t.
 
     `update(preds [N, 4], target [N, 4])`; IoU as OneThinker's `iou_2d`. A NaN prediction scores 0
-    and is counted in `num_nan_preds`. Returns {"mIoU", "Acc@0.5"}.
+    and is counted by `nan_predictions()`. Returns {"mIoU", "Acc@0.5"}.
     """
 
     _prefix = "Acc"
 
-    def __init__(self, thresholds: Sequence[float] = (0.5,), box_format: str = "xyxy", **kwargs: object) -> None:
+    def __init__(
+        self, thresholds: Sequence[float] = (0.5,), box_format: str = "xyxy", **kwargs: object
+    ) -> None:
         super().__init__(thresholds, **kwargs)
         if box_format not in BOX_FORMATS:
             raise ValueError(f"`box_format` must be one of {BOX_FORMATS}, got {box_format!r}")

@@ -31,7 +31,9 @@ def check_mask_pair(preds: Tensor, target: Tensor, ndims: tuple[int, ...]) -> tu
     preds = as_bool_masks(preds, "preds")
     target = as_bool_masks(target, "target")
     if target.ndim not in ndims:
-        raise ValueError(f"`target` must have {' or '.join(map(str, ndims))} dims, got shape {tuple(target.shape)}")
+        raise ValueError(
+            f"`target` must have {' or '.join(map(str, ndims))} dims, got shape {tuple(target.shape)}"
+        )
     if preds.shape != target.shape:
         raise ValueError(
             f"`preds` and `target` must have the same shape, got {tuple(preds.shape)} and {tuple(target.shape)}"

@@ -7,15 +7,14 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from metrics._thresholds import check_thresholds, threshold_key
+from metrics._common import NanPredictionCount, check_thresholds, threshold_key
 from metrics.boxes import BOX_FORMATS, check_boxes, got10k_clip, got10k_iou, to_xywh, to_xyxy, xyxy_iou
 
 PROTOCOLS = ("got10k", "onethinker")
 
 
-class AverageOverlap(Metric):
+class AverageOverlap(NanPredictionCount):
     """AO and success rates of tracked boxes, one sequence per `update`.
 
     `protocol="got10k"` follows the official toolkit (`ExperimentGOT10k.report`): frame 0 and frames
@@ -27,7 +26,7 @@ class AverageOverlap(Metric):
     counts (drop absent seconds with `visible`), IoU as `iou_2d`, a video scores its mean IoU, AO is
     the mean over videos and R@t the share of videos with mean IoU >= t. Keys: "AO", "R@t".
 
-    A NaN prediction row (e.g. a missing second) scores IoU 0; `num_nan_preds` counts the scored
+    A NaN prediction row (e.g. a missing second) scores IoU 0; `nan_predictions()` counts the scored
     ones. Target boxes must be finite.
     """
 
@@ -38,7 +37,6 @@ class AverageOverlap(Metric):
     iou_sum: Tensor
     count: Tensor
     hits: Tensor
-    num_nan_preds: Tensor
 
     def __init__(
         self,
@@ -59,7 +57,7 @@ class AverageOverlap(Metric):
         self.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("hits", torch.zeros(len(self.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("num_nan_preds", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self._add_nan_state()
 
     def update(
         self,
@@ -83,7 +81,9 @@ class AverageOverlap(Metric):
             iou = got10k_iou(p, t)
         else:
             if image_size is not None:
-                raise ValueError("`image_size` is only used by protocol='got10k' (the OneThinker script does not clip)")
+                raise ValueError(
+                    "`image_size` is only used by protocol='got10k' (the OneThinker script does not clip)"
+                )
             iou = xyxy_iou(to_xyxy(preds, self.box_format), to_xyxy(target, self.box_format))
         iou = torch.where(nan_rows, torch.zeros_like(iou), iou)[keep]
         thr = torch.tensor(self.thresholds, dtype=torch.float64, device=iou.device)

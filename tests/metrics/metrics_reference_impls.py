@@ -98,7 +98,9 @@ def onethinker_box_iou(a: list[float], b: list[float]) -> float:
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
-    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
+    union = (
+        max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
+    )
     return inter / union if union > 1e-12 else 0.0
 
 
@@ -114,8 +116,14 @@ def blob_masks(rng: np.random.Generator, t: int, h: int, w: int, n_blobs: int = 
     yy, xx = np.mgrid[:h, :w]
     out = np.zeros((t, h, w), bool)
     params = [
-        (rng.uniform(0, w), rng.uniform(0, h), rng.uniform(2, w / 3 + 2), rng.uniform(2, h / 3 + 2),
-         rng.uniform(-2, 2), rng.uniform(-2, 2))
+        (
+            rng.uniform(0, w),
+            rng.uniform(0, h),
+            rng.uniform(2, w / 3 + 2),
+            rng.uniform(2, h / 3 + 2),
+            rng.uniform(-2, 2),
+            rng.uniform(-2, 2),
+        )
         for _ in range(n_blobs)
     ]
     for i in range(t):

@@ -23,7 +23,7 @@ def test_temporal_hand_cases() -> None:
     assert out["R@0.3"] == pytest.approx(3 / 6)
     assert out["R@0.5"] == pytest.approx(2 / 6)  # 0.5 >= 0.5 counts
     assert out["R@0.7"] == pytest.approx(1 / 6)
-    assert m.num_nan_preds.item() == 1
+    assert m.nan_predictions().item() == 1
 
 
 def test_temporal_hull_union_for_disjoint_spans() -> None:
@@ -60,18 +60,26 @@ def test_temporal_bad_input() -> None:
 
 def test_box_hand_cases() -> None:
     m = BoxGroundingAccuracy(thresholds=(0.5, 0.75))
-    preds = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 2.0, 4.0], [4, 4, 2, 2], [NAN, 0, 1, 1], [5, 5, 6, 6]])
+    preds = torch.tensor(
+        [[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 2.0, 4.0], [4, 4, 2, 2], [NAN, 0, 1, 1], [5, 5, 6, 6]]
+    )
     target = torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 4 + [[0.0, 0.0, 4.0, 4.0]])
     # 1, exactly 0.5, inverted box -> 0, NaN -> 0, disjoint -> 0
     m.update(preds, target)
     out = {k: v.item() for k, v in m.compute().items()}
-    assert out == {"mIoU": pytest.approx(1.5 / 5), "Acc@0.5": pytest.approx(2 / 5), "Acc@0.75": pytest.approx(1 / 5)}
-    assert m.num_nan_preds.item() == 1
+    assert out == {
+        "mIoU": pytest.approx(1.5 / 5),
+        "Acc@0.5": pytest.approx(2 / 5),
+        "Acc@0.75": pytest.approx(1 / 5),
+    }
+    assert m.nan_predictions().item() == 1
 
 
 def test_box_xywh_and_zero_area() -> None:
     m = BoxGroundingAccuracy(box_format="xywh")
-    m.update(torch.tensor([[0.0, 0.0, 2.0, 4.0], [1, 1, 0, 0]]), torch.tensor([[0.0, 0.0, 4.0, 4.0], [1, 1, 0, 0]]))
+    m.update(
+        torch.tensor([[0.0, 0.0, 2.0, 4.0], [1, 1, 0, 0]]), torch.tensor([[0.0, 0.0, 4.0, 4.0], [1, 1, 0, 0]])
+    )
     assert m.compute()["mIoU"].item() == 0.25  # (0.5 + 0) / 2: two zero-area boxes score 0
 
 

@@ -276,7 +276,10 @@ def test_bad_shapes_raise() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu() -> None:
     rng = np.random.default_rng(9)
-    pred, target = torch.from_numpy(blob_masks(rng, 12, 60, 80)), torch.from_numpy(blob_masks(rng, 12, 60, 80))
+    pred, target = (
+        torch.from_numpy(blob_masks(rng, 12, 60, 80)),
+        torch.from_numpy(blob_masks(rng, 12, 60, 80)),
+    )
     cpu, gpu = JAndF(), JAndF().cuda()
     cpu.update(pred, target)
     gpu.update(pred.cuda(), target.cuda())

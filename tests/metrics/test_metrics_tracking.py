@@ -86,7 +86,7 @@ def test_nan_prediction_scores_zero_and_is_counted() -> None:
     box = [0.0, 0.0, 4.0, 4.0]
     m.update(torch.tensor([[NAN] * 4, box, [NAN, 0, 1, 1]]), torch.tensor([box] * 3))
     assert m.compute()["AO"].item() == 0.5
-    assert m.num_nan_preds.item() == 1  # frame 0 is not scored
+    assert m.nan_predictions().item() == 1  # frame 0 is not scored
 
 
 def test_xyxy_input() -> None:
@@ -125,8 +125,10 @@ def test_bad_input_raises() -> None:
 
 
 def _random_sequence(rng: np.random.Generator, n: int, w: float, h: float) -> tuple[np.ndarray, ...]:
-    target = np.stack([rng.uniform(-20, w, n), rng.uniform(-20, h, n), rng.uniform(0, w / 2, n),
-                       rng.uniform(0, h / 2, n)], 1)
+    target = np.stack(
+        [rng.uniform(-20, w, n), rng.uniform(-20, h, n), rng.uniform(0, w / 2, n), rng.uniform(0, h / 2, n)],
+        1,
+    )
     preds = target + rng.normal(0, 15, (n, 4))
     preds[rng.random(n) < 0.1, 2] = 0.0  # zero-area predictions
     visible = rng.random(n) > 0.2
@@ -142,8 +144,12 @@ def test_matches_got10k_toolkit_on_random_sequences() -> None:
         w, h = float(rng.integers(50, 400)), float(rng.integers(50, 400))
         preds, target, visible = _random_sequence(rng, n, w, h)
         bound = (w, h) if rng.random() < 0.8 else None
-        m.update(torch.from_numpy(preds), torch.from_numpy(target), visible=torch.from_numpy(visible),
-                 image_size=bound)
+        m.update(
+            torch.from_numpy(preds),
+            torch.from_numpy(target),
+            visible=torch.from_numpy(visible),
+            image_size=bound,
+        )
         # The toolkit's report(): rect_iou on frames 1.. (it clips in place, so pass copies),
         # then keep frames whose cover is > 0.
         ious = rect_iou(preds[1:].copy(), target[1:].copy(), bound=bound)
@@ -167,7 +173,7 @@ def test_onethinker_protocol_by_hand() -> None:
     m.update(torch.tensor([[0, 0, 2, 4], [NAN] * 4]), torch.tensor([box, box]))  # (0.5 + 0) / 2
     out = {k: v.item() for k, v in m.compute().items()}
     assert out == {"AO": 0.5, "R@0.5": 0.5, "R@0.75": 0.5}  # 0.75 >= 0.75 counts (not strict)
-    assert m.num_nan_preds.item() == 1
+    assert m.nan_predictions().item() == 1
     with pytest.raises(ValueError, match="image_size"):
         m.update(torch.tensor([box]), torch.tensor([box]), image_size=(10, 10))
 
