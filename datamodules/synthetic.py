@@ -161,8 +161,8 @@ def _save_image(path: Path, sprites: list[D.Sprite], w: int, h: int, bg: str) ->
 
 
 def _save_video(path: Path, sprites: list[D.Sprite], n: int, w: int, h: int, bg: str, fps: int) -> None:
-    colour = D.BACKGROUNDS[bg]
-    D.write_mp4(path, (D.render(sprites, i, w, h, colour) for i in range(n)), fps)
+    base = D.yuv420_background(w, h, D.BACKGROUNDS[bg])
+    D.write_mp4(path, (D.render_yuv420(sprites, i, base) for i in range(n)), fps)
 
 
 def _centre(box: D.Box, w: int, h: int) -> list[int]:
@@ -244,6 +244,8 @@ def image_math(rng: np.random.Generator, path: Path) -> Sample:
     w, h, bg = _image_frame(rng, light=True)
     expr, size, ink = _expression(rng), int(rng.choice([24, 28, 32])), _one(rng, tuple(D.TEXT_COLOURS))
     value = int(eval(expr, {"__builtins__": {}}))  # our own generated arithmetic
+    while D.text_sprite(f"{expr} = ?", size).shape[1] > w - 8:
+        size -= 4
     sprite = D.text_sprite(f"{expr} = ?", size)
     x, y = D.place(rng, [sprite.shape[::-1]], w, h)[0]
     _save_image(path, [D.still(sprite, ink, x, y, D.TEXT_COLOURS)], w, h, bg)

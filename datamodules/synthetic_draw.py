@@ -121,6 +121,8 @@ class Sprite:
     last: int = 10**9
     palette: dict[str, RGB] = field(default_factory=lambda: COLOURS)
 
+    _chroma: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+
     def visible(self, i: int) -> bool:
         return self.first <= i <= self.last
 
@@ -168,6 +170,55 @@ def render(sprites: Sequence[Sprite], i: int, width: int, height: int, backgroun
     return frame
 
 
+@lru_cache(maxsize=64)
+def yuv(rgb: RGB) -> RGB:
+    """BT.601 limited-range (Y, U, V) of an RGB colour, as ffmpeg's default conversion."""
+    r, g, b = rgb
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    return round(y), round(u), round(v)
+
+
+def yuv420_background(width: int, height: int, background: RGB) -> np.ndarray:
+    """A (H·3/2, W) yuv420p frame of one colour, in PyAV's planar layout."""
+    y, u, v = yuv(background)
+    out = np.empty((height * 3 // 2, width), dtype=np.uint8)
+    out[:height], out[height : height + height // 4], out[height + height // 4 :] = y, u, v
+    return out
+
+
+def _chroma_mask(s: Sprite, px: int, py: int) -> np.ndarray:
+    """Half-resolution mask of a sprite whose corner has parity (px, py): 2×2 blocks at least half covered."""
+    key = (px, py)
+    if key not in s._chroma:
+        h, w = s.mask.shape
+        padded = np.zeros((py + h + (py + h) % 2, px + w + (px + w) % 2), dtype=np.uint8)
+        padded[py : py + h, px : px + w] = s.mask
+        hh, ww = padded.shape[0] // 2, padded.shape[1] // 2
+        s._chroma[key] = padded.reshape(hh, 2, ww, 2).sum(axis=(1, 3)) >= 2
+    return s._chroma[key]
+
+
+def render_yuv420(sprites: Sequence[Sprite], i: int, base: np.ndarray) -> np.ndarray:
+    """Frame ``i`` drawn straight into yuv420p planes over ``base`` (no RGB conversion per frame)."""
+    out = base.copy()
+    h, w = base.shape[0] * 2 // 3, base.shape[1]
+    planes = (out[:h], out[h : h + h // 4].reshape(h // 2, w // 2), out[h + h // 4 :].reshape(h // 2, w // 2))
+    for s in sprites:
+        if not s.visible(i):
+            continue
+        x, y = s.pos(i)
+        mh, mw = s.mask.shape
+        cy, cu, cv = yuv(s.colour(i))
+        planes[0][y : y + mh, x : x + mw][s.mask] = cy
+        cm = _chroma_mask(s, x % 2, y % 2)
+        ch, cw = cm.shape
+        planes[1][y // 2 : y // 2 + ch, x // 2 : x // 2 + cw][cm] = cu
+        planes[2][y // 2 : y // 2 + ch, x // 2 : x // 2 + cw][cm] = cv
+    return out
+
+
 def overlaps(a: Box, b: Box, margin: int) -> bool:
     """Whether two pixel boxes come closer than ``margin`` pixels."""
     return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
@@ -185,6 +236,8 @@ def place(
     taken = list(avoid)
     corners = []
     for w, h in sizes:
+        if w > width or h > height:
+            raise ValueError(f"a {w}x{h} object does not fit in {width}x{height}")
         for _ in range(2000):
             x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
             box = (x, y, x + w, y + h)
@@ -297,7 +350,10 @@ def video_codec() -> str:
 
 
 def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: int) -> int:
-    """Write RGB frames as an MP4 at ``fps`` (constant frame rate); returns the frame count."""
+    """Write frames as an MP4 at ``fps`` (constant frame rate); returns the frame count.
+
+    A frame is an (H, W, 3) RGB array or an (H·3/2, W) yuv420p array (`render_yuv420`).
+    """
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,9 +368,11 @@ def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: int) -> int:
         else:
             stream.bit_rate, stream.thread_count = 4_000_000, 1
         for frame in frames:
+            planar = frame.ndim == 2
             if n == 0:
-                stream.height, stream.width = frame.shape[:2]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                stream.height, stream.width = frame.shape[0] * 2 // 3 if planar else frame.shape[0], frame.shape[1]
+            vf = av.VideoFrame.from_ndarray(frame, format="yuv420p" if planar else "rgb24")
+            for packet in stream.encode(vf):
                 container.mux(packet)
             n += 1
         for packet in stream.encode():
