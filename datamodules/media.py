@@ -7,6 +7,7 @@ decides resolution. Videos keep their timestamps, so answers in seconds stay cor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +109,10 @@ def load_image(path: str | Path, budget: PixelBudget, factor: int = 32, record: 
 def sample_indices(total_frames: int, native_fps: float, fps: float, max_frames: int, min_frames: int = 4) -> list[int]:
     """Frames at ``fps`` over the clip, at most ``max_frames``, spread uniformly (qwen-vl-utils' rule).
 
-    The count is rounded to an even number (the temporal patch is 2 frames).
+    The count is rounded down to an even number (the temporal patch is 2 frames), as qwen-vl-utils does.
     """
     duration = total_frames / native_fps
-    wanted = round(duration * fps / 2) * 2
+    wanted = math.floor(duration * fps / 2) * 2
     upper = min(max_frames, total_frames)
     count = max(min(wanted, upper - upper % 2), min(min_frames, total_frames))
     return np.linspace(0, total_frames - 1, max(count, 1)).round().astype(int).tolist()
@@ -148,7 +149,7 @@ def load_video(
         raise MediaError(path, f"cannot decode video: {e}", record) from e
     native_fps = native_fps if native_fps > 0 else 1.0
     return VideoClip(
-        frames=torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),
+        frames=torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))),
         frame_indices=indices,
         timestamps=[i / native_fps for i in indices],
         native_fps=native_fps,
