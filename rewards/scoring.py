@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import math
 import multiprocessing as mp
@@ -117,10 +118,8 @@ _POOLS: dict[tuple[int, str], ProcessPoolExecutor] = {}
 def _init_worker(math_timeout: float | None, modules: list[str]) -> None:
     qa.set_math_timeout(math_timeout)
     for name in modules:  # modules that register user rewards
-        try:
+        with contextlib.suppress(Exception):
             importlib.import_module(name)
-        except Exception:
-            pass
 
 
 def _score_chunk(items: list[tuple[Any, str, str, str]], variant: str) -> list[tuple | None]:

@@ -120,8 +120,5 @@ def segmentation_video_accuracy(pred: str, gt: str, variant: str = "released") -
     if tp is None or tg is None:
         return 0.0
     dt = abs(tp - tg)
-    if variant == "paper":
-        time_sim = gaussian(dt, 1.0)
-    else:
-        time_sim = math.exp(-dt / 2.0) if math.isfinite(dt) else 0.0
+    time_sim = gaussian(dt, 1.0) if variant == "paper" else math.exp(-dt / 2.0) if math.isfinite(dt) else 0.0
     return 0.3 * iou + 0.3 * time_sim + 0.2 * pos + 0.2 * neg
