@@ -79,7 +79,8 @@ def _score_task(task: TaskReward, response: Any, gt: str, variant: str) -> tuple
 
 def _check_answer(task: TaskReward, gt: str, problem_id: Any, on_bad_answer: OnBadAnswer) -> str | None:
     try:
-        reason = task.check_answer(gt)
+        # empty tags leave the tagged text as the ground truth (released), never a valid answer
+        reason = "empty <answer> tags" if "<answer>" in gt and not extract_answer(gt) else task.check_answer(gt)
     except Exception as e:
         reason = f"answer check raised {e!r}"
     if reason:
