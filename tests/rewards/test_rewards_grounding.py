@@ -126,8 +126,8 @@ def test_segmentation_video_time_term() -> None:
     assert segmentation_video_accuracy(pred, gt, "paper") == pytest.approx(0.3 + 0.3 * math.exp(-2) + 0.4)
     assert segmentation_video_accuracy(_seg([0, 0, 100, 100], GT_PTS, NEG_PTS, time="3"), gt) == 0.0
     assert segmentation_video_accuracy(_seg([0, 0, 100, 100], GT_PTS, NEG_PTS), gt) == 0.0
-    nan_time = '{"boxes": [0, 0, 100, 100], "positive_points": %s, "negative_points": %s, "time": NaN}' % (
-        J(GT_PTS), J(NEG_PTS))
+    nan_time = _seg([0, 0, 100, 100], GT_PTS, NEG_PTS, time=math.nan)  # json.dumps writes NaN
+    assert '"time": NaN' in nan_time
     assert segmentation_video_accuracy(nan_time, gt) == 0.0  # released: NaN
-    inf_time = nan_time.replace("NaN", "Infinity")
+    inf_time = _seg([0, 0, 100, 100], GT_PTS, NEG_PTS, time=math.inf)
     assert segmentation_video_accuracy(inf_time, gt) == pytest.approx(0.7)  # time term exp(−∞) = 0
