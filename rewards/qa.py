@@ -44,6 +44,8 @@ class _DropTimeoutNotice(logging.Filter):
 
 for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(_DropTimeoutNotice())
+# mathruler's LaTeX-to-text step warns on every bare `\frac12`-style input; only errors matter to us.
+logging.getLogger("pylatexenc.latex2text").setLevel(logging.ERROR)
 
 
 def set_math_timeout(seconds: float | None) -> None:
