@@ -180,7 +180,10 @@ def _strings_equal(pred: str, gt: str) -> bool:
 @register_reward("math", check_answer=_non_empty)
 def math_accuracy(pred: str, gt: str, variant: str = "released") -> float:
     """Symbolic equivalence with math-verify, else a normalized string match; time-limited."""
-    res = call_with_timeout(_math_equal, (pred, gt), _MATH_TIMEOUT_S, None)
+    try:
+        res = call_with_timeout(_math_equal, (pred, gt), _MATH_TIMEOUT_S, None)
+    except Exception:  # math-verify/sympy internals; scored by the string fallback
+        res = None
     if res is None:
         return float(_strings_equal(pred, gt))
     return float(res)

@@ -35,6 +35,11 @@ def test_bare_answer_scores_accuracy_without_format() -> None:
     assert (r.accuracy, r.format, r.structure, r.overall) == (1.0, 0.0, 0.0, pytest.approx(0.9))
 
 
+def test_non_string_response_does_not_raise() -> None:
+    r = score(None, "<answer>A</answer>", "multiple choice", "image")  # type: ignore[arg-type]
+    assert r.overall == 0.0
+
+
 def test_spaced_tags_pass() -> None:
     r = score("< think >hmm< / think > < answer > C < / answer >", "<answer>C</answer>", "multiple choice",
               "video")
