@@ -26,8 +26,8 @@ from torch import Tensor
 
 from metrics.masks import count_bits, pack_bits
 
-# Frames handled per block; bounds the working memory for long videos (8 packed groups).
-_BLOCK_FRAMES = 64
+# Frames handled per block: a small working set stays in cache and bounds memory for long videos.
+_BLOCK_FRAMES = 16
 
 
 def boundary_radius(height: int, width: int, bound_th: float = 0.008) -> int:
@@ -58,9 +58,10 @@ def seg2bmap(seg: Tensor) -> Tensor:
 
 
 def _hdilate(x: Tensor, step: int) -> Tensor:
-    """OR of x shifted left and right by `step` columns (and x itself); zeros enter at the borders."""
-    y = x.clone()
-    y[..., step:] |= x[..., :-step]
+    """OR of x and x shifted left and right by `step` columns; zeros enter at the borders."""
+    y = torch.empty_like(x)
+    torch.bitwise_or(x[..., step:], x[..., :-step], out=y[..., step:])
+    y[..., :step] = x[..., :step]
     y[..., :-step] |= x[..., step:]
     return y
 
@@ -85,7 +86,9 @@ def dilate_disk(x: Tensor, radius: int) -> Tensor:
             cur = _hdilate(cur, step)
             reach += step
         rows[target] = cur
-    out = rows[half[0]].clone()
+    out = rows[half[0]]
+    if out is x or any(rows[half[dy]] is out for dy in range(1, radius + 1)):
+        out = out.clone()  # accumulate in place only into a tensor nobody else reads
     for dy in range(1, min(radius, h - 1) + 1):
         seg = rows[half[dy]]
         out[..., dy:, :] |= seg[..., :-dy, :]
@@ -93,27 +96,43 @@ def dilate_disk(x: Tensor, radius: int) -> Tensor:
     return out
 
 
-def boundary_counts(preds: Tensor, target: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-frame boundary counts of bool [T, H, W] pairs.
+def frame_counts(preds: Tensor, target: Tensor, radius: int) -> dict[str, Tensor]:
+    """Per-frame pixel counts of bool [T, H, W] pairs, all int64 [T].
 
-    Returns int64 [T] tensors: |fg_b|, |gt_b|, |fg_b & dilate(gt_b)|, |gt_b & dilate(fg_b)|.
+    Keys: "inter" and "union" of the masks; "n_fg" and "n_gt", the boundary sizes; "fg_match"
+    (|fg_b & dilate(gt_b)|) and "gt_match" (|gt_b & dilate(fg_b)|).
     """
-    out: list[list[Tensor]] = [[], [], [], []]
-    for start in range(0, preds.shape[0], _BLOCK_FRAMES):
-        p = preds[start : start + _BLOCK_FRAMES]
-        n = p.shape[0]
-        pb = seg2bmap(pack_bits(p))
-        gb = seg2bmap(pack_bits(target[start : start + _BLOCK_FRAMES]))
-        pd = dilate_disk(pb, radius)
-        gd = dilate_disk(gb, radius)
-        for acc, m in zip(out, (pb, gb, pb & gd, gb & pd)):
-            acc.append(count_bits(m)[:n])
-    n_fg, n_gt, fg_match, gt_match = (torch.cat(c) for c in out)
-    return n_fg, n_gt, fg_match, gt_match
+    t, h, w = preds.shape
+    parts: list[list[Tensor]] = [[], [], []]
+    for start in range(0, t, _BLOCK_FRAMES):
+        n = min(_BLOCK_FRAMES, t - start)
+        groups = (n + 7) // 8
+        # Prediction and target are stacked on dim 0, so each op below serves both.
+        x = torch.zeros(2, groups, h, w, dtype=torch.uint8, device=preds.device)
+        pack_bits(preds[start : start + n], out=x[0])
+        pack_bits(target[start : start + n], out=x[1])
+        b = seg2bmap(x)
+        d = dilate_disk(b, radius)
+        d[0] &= b[1]  # gt boundary pixels near the fg boundary
+        d[1] &= b[0]  # fg boundary pixels near the gt boundary
+        region = torch.empty_like(x)
+        torch.bitwise_and(x[0], x[1], out=region[0])
+        torch.bitwise_or(x[0], x[1], out=region[1])
+        for acc, m in zip(parts, (region, b, d)):
+            acc.append(count_bits(m.reshape(2 * groups, h, w)).view(2, -1)[:, :n])
+    region, bound, match = (torch.cat(c, 1) for c in parts)
+    return {
+        "inter": region[0],
+        "union": region[1],
+        "n_fg": bound[0],
+        "n_gt": bound[1],
+        "fg_match": match[1],
+        "gt_match": match[0],
+    }
 
 
 def f_from_counts(n_fg: Tensor, n_gt: Tensor, fg_match: Tensor, gt_match: Tensor) -> Tensor:
-    """Boundary F-measure (float64) from the counts of `boundary_counts`, with DAVIS's empty rules."""
+    """Boundary F-measure (float64) from the counts of `frame_counts`, with DAVIS's empty rules."""
     n_fg, n_gt = n_fg.double(), n_gt.double()
     precision = fg_match.double() / n_fg.clamp(min=1)
     recall = gt_match.double() / n_gt.clamp(min=1)
@@ -125,5 +144,5 @@ def f_from_counts(n_fg: Tensor, n_gt: Tensor, fg_match: Tensor, gt_match: Tensor
 
 def boundary_f_measure(preds: Tensor, target: Tensor, bound_th: float = 0.008) -> Tensor:
     """Per-frame DAVIS boundary F-measure (float64 [T]) of bool masks [T, H, W]."""
-    radius = boundary_radius(preds.shape[-2], preds.shape[-1], bound_th)
-    return f_from_counts(*boundary_counts(preds, target, radius))
+    c = frame_counts(preds, target, boundary_radius(preds.shape[-2], preds.shape[-1], bound_th))
+    return f_from_counts(c["n_fg"], c["n_gt"], c["fg_match"], c["gt_match"])

@@ -11,8 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_LSB = 0x0101010101010101  # the lowest bit of each byte of an int64 word
-_CHUNK = 255  # words summed at once; each byte lane holds at most 255 ones, so nothing carries
+# Counting: bit j and bit j+4 of each byte are moved to the two nibbles of that byte and summed
+# over 7 words (nibbles <= 7), then bytes are summed over 18 words (bytes <= 126). The bounds keep
+# every lane below the next one and bit 63 clear, so int64 sums never carry or overflow.
+_NIBBLE_BITS = 0x1111111111111111
+_LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F
+_NIBBLE_CHUNK = 7
+_BYTE_CHUNK = 18
 
 
 def as_bool_masks(masks: Tensor, name: str) -> Tensor:
@@ -43,12 +48,16 @@ def check_mask_pair(preds: Tensor, target: Tensor, ndims: tuple[int, ...]) -> tu
     return preds, target.to(preds.device)
 
 
-def pack_bits(masks: Tensor) -> Tensor:
-    """Pack bool masks [N, H, W] into uint8 [ceil(N/8), H, W]; bit k of group g is mask 8g+k."""
+def pack_bits(masks: Tensor, out: Tensor | None = None) -> Tensor:
+    """Pack bool masks [N, H, W] into uint8 [ceil(N/8), H, W]; bit k of group g is mask 8g+k.
+
+    `out`, if given, must be a zeroed uint8 tensor of that shape; it is filled and returned.
+    """
     n, h, w = masks.shape
     groups = (n + 7) // 8
     src = masks.view(torch.uint8)  # bool is stored as one byte holding 0 or 1
-    out = torch.zeros(groups, h, w, dtype=torch.uint8, device=masks.device)
+    if out is None:
+        out = torch.zeros(groups, h, w, dtype=torch.uint8, device=masks.device)
     for k in range(min(8, n)):
         plane = src[k::8]
         dst = out[: plane.shape[0]]
@@ -56,24 +65,35 @@ def pack_bits(masks: Tensor) -> Tensor:
     return out
 
 
+def _chunk_sum(x: Tensor, chunk: int) -> Tensor:
+    """Sum int64 [..., n] over groups of at most `chunk` words; returns [..., ceil(n / chunk)].
+
+    Group i holds words i, i + n // chunk, ... (a strided view), so the reduction runs over an
+    outer dim and stays vectorised; leftover words form one extra group.
+    """
+    n = x.shape[-1]
+    rows = n // chunk
+    out = x[..., : rows * chunk].unflatten(-1, (chunk, rows)).sum(-2)
+    if rows * chunk < n:
+        out = torch.cat([out, x[..., rows * chunk :].sum(-1, keepdim=True)], -1)
+    return out
+
+
 def count_bits(packed: Tensor) -> Tensor:
     """Count the set pixels of every bit plane of uint8 [G, H, W]; returns int64 [8G] (plane 8g+k)."""
     groups = packed.shape[0]
     flat = packed.reshape(groups, -1)
-    n = flat.shape[1]
-    n_chunks = -(-n // (8 * _CHUNK))
-    pad = n_chunks * _CHUNK * 8 - n
-    # A fresh padded copy is contiguous with offset 0, which view(int64) needs.
-    flat = F.pad(flat, (0, pad)) if pad or flat.storage_offset() % 8 else flat.contiguous()
+    if flat.shape[1] % 8 or flat.storage_offset() % 8 or not flat.is_contiguous():
+        flat = F.pad(flat, (0, -flat.shape[1] % 8))  # a fresh copy that view(int64) accepts
     words = flat.view(torch.int64)
-    lanes = torch.empty_like(words)
-    counts = []
-    for k in range(8):
-        torch.bitwise_right_shift(words, k, out=lanes)
-        lanes &= _LSB  # byte lanes now hold bit k of each pixel (0 or 1)
-        per_chunk = lanes.view(groups, n_chunks, _CHUNK).sum(-1)  # byte lanes <= 255: no carry
-        counts.append(per_chunk.view(torch.uint8).view(groups, -1).sum(-1, dtype=torch.int64))
-    return torch.stack(counts, 1).reshape(-1)
+    shifts = torch.arange(4, device=packed.device).view(4, 1, 1)
+    lanes = torch.bitwise_right_shift(words, shifts)  # [4, G, n]: lane j holds bits j and j + 4
+    lanes &= _NIBBLE_BITS
+    nibbles = _chunk_sum(lanes, _NIBBLE_CHUNK)  # each nibble <= 7
+    split = torch.stack([nibbles & _LOW_NIBBLES, (nibbles >> 4) & _LOW_NIBBLES])  # [2, 4, G, m]: bits j, j+4
+    per_byte = _chunk_sum(split, _BYTE_CHUNK).contiguous()  # each byte <= 126
+    counts = per_byte.view(torch.uint8).sum(-1, dtype=torch.int64)  # [2, 4, G]: bit 4 * i + j
+    return counts.reshape(8, groups).t().reshape(-1)
 
 
 def pair_counts(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

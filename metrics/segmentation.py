@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from metrics.boundary import boundary_counts, boundary_radius, f_from_counts
+from metrics.boundary import boundary_radius, f_from_counts, frame_counts
 from metrics.masks import check_mask_pair, pair_counts
 
 _F64 = torch.float64
@@ -114,9 +114,11 @@ class JAndF(Metric):
         preds, target = check_mask_pair(preds, target, (3,))
         if target.shape[0] == 0:
             raise ValueError("`target` must hold at least one frame, got shape (0, H, W)")
-        inter, union = pair_counts(preds, target)
         radius = boundary_radius(target.shape[-2], target.shape[-1], self.bound_th)
-        return region_similarity(inter, union), f_from_counts(*boundary_counts(preds, target, radius))
+        c = frame_counts(preds, target, radius)
+        return region_similarity(c["inter"], c["union"]), f_from_counts(
+            c["n_fg"], c["n_gt"], c["fg_match"], c["gt_match"]
+        )
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Add one sequence of masks [T, H, W] (bool or 0/1)."""

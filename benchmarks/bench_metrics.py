@@ -1,0 +1,144 @@
+"""Speed of the metrics against the reference implementations users run today, in one run.
+
+- J&F: `JAndF.update` vs the davis2017-evaluation algorithm (numpy + cv2.dilate + skimage disk,
+  one frame at a time), 100 frames at 480x854.
+- AO/SR: `AverageOverlap` vs the got10k toolkit (`rect_iou` per sequence, then `_evaluate`).
+- cIoU: `CumulativeIoU` vs a numpy loop over samples.
+
+Each side runs once to warm up, then `--repeats` times, interleaved; the median is reported.
+
+    python benchmarks/bench_metrics.py [--repeats 5] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from got10k.experiments import ExperimentGOT10k
+from got10k.utils.metrics import rect_iou
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "metrics"))
+from metrics_reference_impls import blob_masks, ciou_loop, sequence_jf  # noqa: E402
+
+from metrics import AverageOverlap, CumulativeIoU, JAndF  # noqa: E402
+
+
+def _time(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, interleaving the calls."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_jf(repeats: int) -> tuple[dict[str, float], float]:
+    rng = np.random.default_rng(0)
+    target = blob_masks(rng, 100, 480, 854, n_blobs=3)
+    pred = target.copy()
+    pred[:, 2:] = target[:, :-2]  # a prediction two rows off, plus some blobs of its own
+    pred |= blob_masks(rng, 100, 480, 854, n_blobs=2)
+    pt, tt = torch.from_numpy(pred), torch.from_numpy(target)
+
+    def ours() -> None:
+        m = JAndF()
+        m.update(pt, tt)
+        m.compute()
+
+    def ref() -> None:
+        j, f = sequence_jf(pred, target)
+        (j.mean() + f.mean()) / 2
+
+    m = JAndF()
+    m.update(pt, tt)
+    j_ref, f_ref = sequence_jf(pred, target)
+    diff = max(abs(m.compute()["J"].item() - j_ref.mean()), abs(m.compute()["F"].item() - f_ref.mean()))
+    return _time({"ours": ours, "davis2017 (numpy+cv2)": ref}, repeats), diff
+
+
+def bench_ao(repeats: int) -> tuple[dict[str, float], float]:
+    rng = np.random.default_rng(1)
+    seqs = []
+    for _ in range(180):  # GOT-10k val: 180 sequences
+        n = int(rng.integers(70, 150))
+        target = np.stack(
+            [
+                rng.uniform(-20, 1200, n),
+                rng.uniform(-20, 700, n),
+                rng.uniform(5, 400, n),
+                rng.uniform(5, 300, n),
+            ],
+            1,
+        )
+        preds = target + rng.normal(0, 20, (n, 4))
+        seqs.append((preds, target, rng.random(n) > 0.1))
+    tseqs = [(torch.from_numpy(p), torch.from_numpy(t), torch.from_numpy(v)) for p, t, v in seqs]
+
+    def ours() -> dict[str, torch.Tensor]:
+        m = AverageOverlap()
+        for p, t, v in tseqs:
+            m.update(p, t, visible=v, image_size=(1280, 720))
+        return m.compute()
+
+    def ref() -> float:
+        ious = [rect_iou(p[1:].copy(), t[1:].copy(), bound=(1280, 720))[v[1:]] for p, t, v in seqs]
+        ao, _, _, _ = ExperimentGOT10k._evaluate(None, np.concatenate(ious), [])  # type: ignore[arg-type]
+        return float(ao)
+
+    diff = abs(ours()["AO"].item() - ref())
+    return _time({"ours": ours, "got10k": ref}, repeats), diff
+
+
+def bench_ciou(repeats: int) -> tuple[dict[str, float], float]:
+    rng = np.random.default_rng(2)
+    target = blob_masks(rng, 200, 480, 640, n_blobs=2)
+    pred = blob_masks(rng, 200, 480, 640, n_blobs=2) | target
+    pt, tt = torch.from_numpy(pred), torch.from_numpy(target)
+
+    def ours() -> dict[str, torch.Tensor]:
+        m = CumulativeIoU()
+        for i in range(0, 200, 50):  # batches of 50 masks
+            m.update(pt[i : i + 50], tt[i : i + 50])
+        return m.compute()
+
+    diff = abs(ours()["cIoU"].item() - ciou_loop(pred, target)[0])
+    return _time({"ours": ours, "numpy loop": lambda: ciou_loop(pred, target)}, repeats), diff
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch and cv2 threads (0: library default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
+    print(f"torch {torch.__version__}, threads torch={torch.get_num_threads()} cv2={cv2.getNumThreads()}")
+    for name, bench in (
+        ("J&F, 100 x 480x854", bench_jf),
+        ("AO/SR, 180 seqs", bench_ao),
+        ("cIoU, 200 x 480x640", bench_ciou),
+    ):
+        times, diff = bench(args.repeats)
+        ours = times.pop("ours")
+        ((ref_name, ref),) = times.items()
+        print(
+            f"{name}: ours {ours * 1e3:.1f} ms, {ref_name} {ref * 1e3:.1f} ms, "
+            f"speed-up {ref / ours:.2f}x, |diff| {diff:.1e}"
+        )
+
+
+if __name__ == "__main__":
+    main()
