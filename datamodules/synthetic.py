@@ -358,7 +358,7 @@ def video_multiple_choice(rng: np.random.Generator, path: Path) -> Sample:
         target = _moving_target(rng, colour, shape, w, h, n, direction)
         question, (options, letter) = f"In which direction does the {colour} {shape} move?", _mc_options(rng, direction, D.DIRECTIONS)
         think = f"The {colour} {shape} starts near {_centre(target.box(0), w, h)} and ends near {_centre(target.box(n - 1), w, h)}, so it moves {direction}: option {letter}."
-        shapes = D.SHAPES
+        shapes, used = D.SHAPES, (colour,)
     else:
         new = _one(rng, _others(tuple(D.COLOURS), colour))
         change = int(rng.integers(n // 3, 2 * n // 3 + 1))
@@ -366,8 +366,8 @@ def video_multiple_choice(rng: np.random.Generator, path: Path) -> Sample:
         target.colours.append((change, new))
         question, (options, letter) = f"What colour does the {shape} turn into?", _mc_options(rng, new, tuple(D.COLOURS), (colour,))
         think = f"The {shape} is {colour} at first and turns {new} at about {_fmt(change / fps)} s: option {letter}."
-        shapes = _others(D.SHAPES, shape)
-    specs = _distractor_specs(rng, int(rng.integers(1, 3)), _others(tuple(D.COLOURS), colour), shapes)
+        shapes, used = _others(D.SHAPES, shape), (colour, new)
+    specs = _distractor_specs(rng, int(rng.integers(1, 3)), _others(tuple(D.COLOURS), *used), shapes)
     sprites = [*_statics(rng, specs, w, h, 20, 32, avoid=(D.path_box(target, n),)), target]
     _save_video(path, sprites, n, w, h, bg, fps)
     return Sample(question, letter, think, w, h, options=options, fps=fps)

@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 
 from datamodules.prompts import sft_user_content
 from datamodules.records import load_records
-from datamodules.synthetic import SYNTHETIC_TASKS, generate_suite
+from datamodules.synthetic import SYNTHETIC_TASKS, WORDS, generate_suite
 from datamodules.synthetic_draw import BACKGROUNDS, COLOURS, TEXT_COLOURS
 from datamodules.tasks import DATA_TYPES, PROBLEM_TYPES
 
@@ -422,12 +422,13 @@ def test_video_temporal_grounding_span(suite: dict[str, Path]) -> None:
 
 
 def _check_box(frame: np.ndarray, colour: str, box: list[int]) -> None:
-    """The box centre shows the colour and the box matches the decoded object (IoU ≥ 0.85)."""
+    """The box centre shows the colour; every edge is within 2 px of the decoded object's box."""
     h, w = frame.shape[:2]
     cx, cy = _pixel([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], w, h)
     assert _colour_mask(frame[cy, cx], COLOURS[colour], VIDEO_TOL), (colour, frame[cy, cx])
-    seen = _colour_mask(frame, COLOURS[colour], VIDEO_TOL)
-    assert _iou(box, _norm(_px_box(seen), w, h)) >= 0.85
+    seen = _px_box(_colour_mask(frame, COLOURS[colour], VIDEO_TOL))
+    gt = (box[0] * w / 1000, box[1] * h / 1000, box[2] * w / 1000, box[3] * h / 1000)
+    assert np.abs(np.subtract(seen, gt)).max() <= 2.5, (seen, gt)
 
 
 def test_video_spatial_temporal_grounding(suite: dict[str, Path]) -> None:
@@ -486,18 +487,26 @@ def test_video_segmentation(suite: dict[str, Path]) -> None:
 
 
 def test_video_ocr_words_in_order(suite: dict[str, Path]) -> None:
+    """Each run of frames with text shows one word, matching a fresh rendering better than any other word."""
     for case in _cases(suite, "OCR", "video"):
         frames, _ = _video(case["media"])
-        ink = [np.any([_colour_mask(f, rgb, VIDEO_TOL) for rgb in TEXT_COLOURS.values()], axis=0) for f in frames]
-        shown = np.array([m.sum() > 20 for m in ink])
+        ink = frames.mean(axis=-1) < 128  # dark text on a light background
+        shown = ink.reshape(len(frames), -1).sum(axis=1) > 20
         starts = np.flatnonzero(shown & ~np.r_[False, shown[:-1]])
+        ends = np.flatnonzero(shown & ~np.r_[shown[1:], False])
         words = case["answer"].split(" ")
-        assert len(starts) == len(words)
-        for start, word in zip(starts, words):
-            x0, y0, x1, y1 = _px_box(ink[start + 1])
-            ref = next(r for r in (_ink_render(word, s) for s in (22, 26, 30)) if abs(r.shape[1] - (x1 - x0)) <= 2)
-            crop = ink[start + 1][y0 : y0 + ref.shape[0], x0 : x0 + ref.shape[1]]
-            assert (crop & ref).sum() / (crop | ref).sum() >= 0.6, word
+        assert len(starts) == len(words) and len(set(words)) == len(words)
+        for start, end, word in zip(starts, ends, words):
+            x0, y0, x1, y1 = _px_box(ink[(start + end) // 2])
+            crop = ink[(start + end) // 2][y0:y1, x0:x1]
+            scores = {w: max(_mask_iou(crop, _ink_render(w, s)) for s in range(16, 37)) for w in WORDS}
+            assert scores[word] >= 0.9 and max(scores, key=scores.get) == word, word
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return 0.0
+    return float((a & b).sum() / (a | b).sum())
 
 
 def test_video_open_ended_caption(suite: dict[str, Path]) -> None:
