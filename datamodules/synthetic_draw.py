@@ -266,22 +266,27 @@ def shift(mask: np.ndarray, dy: int, dx: int, fill: bool) -> np.ndarray:
     return out
 
 
+def _morph(mask: np.ndarray, r: int, grow: bool) -> np.ndarray:
+    """Separable square (2r+1)² dilation (``grow``) or erosion; outside the frame is False."""
+    out = mask
+    for axis in (0, 1):
+        acc = out.copy()
+        for d in range(1, r + 1):
+            for step in (d, -d):
+                moved = shift(out, step if axis == 0 else 0, step if axis == 1 else 0, False)
+                acc = acc | moved if grow else acc & moved
+        out = acc
+    return out
+
+
 def erode(mask: np.ndarray, r: int) -> np.ndarray:
     """Erosion by a (2r+1)² square; outside the frame counts as False."""
-    out = mask.copy()
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            out &= shift(mask, dy, dx, False)
-    return out
+    return _morph(mask, r, grow=False)
 
 
 def dilate(mask: np.ndarray, r: int) -> np.ndarray:
     """Dilation by a (2r+1)² square."""
-    out = mask.copy()
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            out |= shift(mask, dy, dx, False)
-    return out
+    return _morph(mask, r, grow=True)
 
 
 def spread_points(rng: np.random.Generator, candidates: np.ndarray, start: tuple[float, float], k: int = 3) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,7 @@ def _centroid(mask: np.ndarray) -> tuple[float, float]:
     return float(xs.mean()), float(ys.mean())
 
 
+@lru_cache(maxsize=4096)
 def _ink_render(text: str, size: int) -> np.ndarray:
     """A fresh 1-bit rendering of ``text`` in PIL's default font, cropped tight."""
     font = ImageFont.load_default(size=size)
