@@ -11,8 +11,11 @@ Ground truth is computed from the generator, so it is exact:
   (regression) is the number of visible frames divided by fps;
 - the box of second ``k`` is the box at frame ``k · fps``.
 
-Evaluation records of segmentation carry COCO RLE masks: one for an image, and for a video one per
-native frame, keyed "0", "1", ... (an empty RLE where the object is not visible).
+RL ``problem`` starts with the ``<image>``/``<video>`` placeholder; evaluation ``problem`` is the bare
+question (the media is ``path``), as in the released evaluation files. Every video evaluation
+record has its native ``fps``. Evaluation records of segmentation carry ``resolution`` and COCO RLE
+masks: one for an image, and for a video one per native frame, keyed "0", "1", ... (an empty RLE
+where the object is not visible).
 """
 
 from __future__ import annotations
@@ -111,7 +114,9 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj)
 
 
-def _mc_options(rng: np.random.Generator, correct: str, pool: tuple[str, ...], must: tuple[str, ...] = ()) -> tuple[list[str], str]:
+def _mc_options(
+    rng: np.random.Generator, correct: str, pool: tuple[str, ...], must: tuple[str, ...] = ()
+) -> tuple[list[str], str]:
     """Four options "A. x" holding ``correct`` (and ``must``), shuffled; returns them and the letter."""
     picks = [correct, *must]
     picks += _choose(rng, _others(pool, *picks), 4 - len(picks))
@@ -141,7 +146,9 @@ def _statics(
     return [D.still(m, c, x, y) for m, (c, _), (x, y) in zip(masks, specs, corners)]
 
 
-def _distractor_specs(rng: np.random.Generator, n: int, colours: tuple[str, ...], shapes: tuple[str, ...] = D.SHAPES) -> list[tuple[str, str]]:
+def _distractor_specs(
+    rng: np.random.Generator, n: int, colours: tuple[str, ...], shapes: tuple[str, ...] = D.SHAPES
+) -> list[tuple[str, str]]:
     return [(_one(rng, colours), _one(rng, shapes)) for _ in range(n)]
 
 
@@ -170,7 +177,9 @@ def _centre(box: D.Box, w: int, h: int) -> list[int]:
     return [(x0 + x1) // 2, (y0 + y1) // 2]
 
 
-def _linear_path(rng: np.random.Generator, mask: np.ndarray, w: int, h: int, f0: int, f1: int) -> list[tuple[int, int, int]]:
+def _linear_path(
+    rng: np.random.Generator, mask: np.ndarray, w: int, h: int, f0: int, f1: int
+) -> list[tuple[int, int, int]]:
     """Waypoints of a straight move between two random in-frame positions."""
     mh, mw = mask.shape
     xs, ys = rng.integers(0, w - mw + 1, size=2), rng.integers(0, h - mh + 1, size=2)
@@ -194,7 +203,10 @@ def image_multiple_choice(rng: np.random.Generator, path: Path) -> Sample:
     n = int(rng.integers(1, 4))
     if rng.integers(2) == 0:
         specs = [(colour, shape), *_distractor_specs(rng, n, tuple(D.COLOURS), _others(D.SHAPES, shape))]
-        question, (options, letter) = f"What colour is the {shape}?", _mc_options(rng, colour, tuple(D.COLOURS))
+        question, (options, letter) = (
+            f"What colour is the {shape}?",
+            _mc_options(rng, colour, tuple(D.COLOURS)),
+        )
         think = f"There is one {shape} in the image and it is {colour}, so the answer is option {letter}."
     else:
         specs = [(colour, shape), *_distractor_specs(rng, n, _others(tuple(D.COLOURS), colour))]
@@ -209,7 +221,9 @@ def image_numerical(rng: np.random.Generator, path: Path) -> Sample:
     w, h, bg = _image_frame(rng)
     colour, shape = _one(rng, tuple(D.COLOURS)), _one(rng, D.SHAPES)
     k = int(rng.integers(1, 7))
-    specs = [(colour, shape)] * k + _distractor_specs(rng, int(rng.integers(1, 5)), _others(tuple(D.COLOURS), colour))
+    specs = [(colour, shape)] * k + _distractor_specs(
+        rng, int(rng.integers(1, 5)), _others(tuple(D.COLOURS), colour)
+    )
     _save_image(path, _statics(rng, specs, w, h, 20, 40), w, h, bg)
     think = f"I look for {colour} {shape}s and count them one by one: there are {k}."
     return Sample(f"How many {colour} {shape}s are there in the image?", str(k), think, w, h)
@@ -235,7 +249,14 @@ def image_ocr(rng: np.random.Generator, path: Path) -> Sample:
 
 def _expression(rng: np.random.Generator) -> str:
     a, b, c = (int(v) for v in rng.integers(2, 20, size=3))
-    forms = (f"{a} + {b}", f"{a + b} - {b}", f"{a} * {b}", f"{a} + {b} * {c}", f"({a} + {b}) * {c}", f"{a} * {b} - {c}")
+    forms = (
+        f"{a} + {b}",
+        f"{a + b} - {b}",
+        f"{a} * {b}",
+        f"{a} + {b} * {c}",
+        f"({a} + {b}) * {c}",
+        f"{a} * {b} - {c}",
+    )
     return forms[int(rng.integers(len(forms)))]
 
 
@@ -285,16 +306,32 @@ def image_spatial_grounding(rng: np.random.Generator, path: Path) -> Sample:
     """Box of the one object matching colour and shape, among look-alikes."""
     w, h, bg = _image_frame(rng)
     colour, shape = _one(rng, tuple(D.COLOURS)), _one(rng, D.SHAPES)
-    specs = [(colour, shape), (colour, _one(rng, _others(D.SHAPES, shape))), (_one(rng, _others(tuple(D.COLOURS), colour)), shape)]
-    specs += [(c, s) for c, s in _distractor_specs(rng, int(rng.integers(0, 3)), tuple(D.COLOURS)) if (c, s) != (colour, shape)]
+    specs = [
+        (colour, shape),
+        (colour, _one(rng, _others(D.SHAPES, shape))),
+        (_one(rng, _others(tuple(D.COLOURS), colour)), shape),
+    ]
+    specs += [
+        (c, s)
+        for c, s in _distractor_specs(rng, int(rng.integers(0, 3)), tuple(D.COLOURS))
+        if (c, s) != (colour, shape)
+    ]
     sprites = _statics(rng, specs, w, h, 24, 56)
     _save_image(path, sprites, w, h, bg)
     box = D.norm_box(sprites[0].box(0), w, h)
     think = f"The {colour} {shape} spans x {box[0]}–{box[2]} and y {box[1]}–{box[3]} on the 0–1000 scale."
-    return Sample(f"Locate the {colour} {shape} in the image and give its bounding box.", _dumps({"boxes": box}), think, w, h)
+    return Sample(
+        f"Locate the {colour} {shape} in the image and give its bounding box.",
+        _dumps({"boxes": box}),
+        think,
+        w,
+        h,
+    )
 
 
-def _seg_answer(rng: np.random.Generator, target: D.Sprite, others: list[D.Sprite], i: int, w: int, h: int) -> dict[str, Any]:
+def _seg_answer(
+    rng: np.random.Generator, target: D.Sprite, others: list[D.Sprite], i: int, w: int, h: int
+) -> dict[str, Any]:
     """Box and 3 + 3 points of ``target`` at frame ``i``."""
     mask = target.frame_mask(i, w, h)
     occupied = mask.copy()
@@ -313,7 +350,10 @@ def image_segmentation(rng: np.random.Generator, path: Path) -> Sample:
     """Box, points and mask of the only object of a colour."""
     w, h, bg = _image_frame(rng)
     colour, shape = _one(rng, tuple(D.COLOURS)), _one(rng, D.SHAPES)
-    specs = [(colour, shape), *_distractor_specs(rng, int(rng.integers(1, 4)), _others(tuple(D.COLOURS), colour))]
+    specs = [
+        (colour, shape),
+        *_distractor_specs(rng, int(rng.integers(1, 4)), _others(tuple(D.COLOURS), colour)),
+    ]
     sprites = _statics(rng, specs, w, h, 30, 64)
     _save_image(path, sprites, w, h, bg)
     answer = _seg_answer(rng, sprites[0], sprites[1:], 0, w, h)
@@ -325,7 +365,9 @@ def image_segmentation(rng: np.random.Generator, path: Path) -> Sample:
 # ---------------------------------------------------------------- video tasks
 
 
-def _directional_path(rng: np.random.Generator, mask: np.ndarray, w: int, h: int, n: int, direction: str) -> list[tuple[int, int, int]]:
+def _directional_path(
+    rng: np.random.Generator, mask: np.ndarray, w: int, h: int, n: int, direction: str
+) -> list[tuple[int, int, int]]:
     """Move from the first quarter of the frame to the last quarter along one axis."""
     mh, mw = mask.shape
     room_x, room_y = w - mw, h - mh
@@ -342,7 +384,15 @@ def _directional_path(rng: np.random.Generator, mask: np.ndarray, w: int, h: int
 
 
 def _moving_target(
-    rng: np.random.Generator, colour: str, shape: str, w: int, h: int, n: int, direction: str, lo: int = 24, hi: int = 36
+    rng: np.random.Generator,
+    colour: str,
+    shape: str,
+    w: int,
+    h: int,
+    n: int,
+    direction: str,
+    lo: int = 24,
+    hi: int = 36,
 ) -> D.Sprite:
     mask = _shape_mask(rng, shape, lo, hi)
     return D.Sprite(mask, [(0, colour)], _directional_path(rng, mask, w, h, n, direction))
@@ -356,15 +406,22 @@ def video_multiple_choice(rng: np.random.Generator, path: Path) -> Sample:
     if rng.integers(2) == 0:
         direction = _one(rng, D.DIRECTIONS)
         target = _moving_target(rng, colour, shape, w, h, n, direction)
-        question, (options, letter) = f"In which direction does the {colour} {shape} move?", _mc_options(rng, direction, D.DIRECTIONS)
-        think = f"The {colour} {shape} starts near {_centre(target.box(0), w, h)} and ends near {_centre(target.box(n - 1), w, h)}, so it moves {direction}: option {letter}."
+        question, (options, letter) = (
+            f"In which direction does the {colour} {shape} move?",
+            _mc_options(rng, direction, D.DIRECTIONS),
+        )
+        start, end = _centre(target.box(0), w, h), _centre(target.box(n - 1), w, h)
+        think = f"The {colour} {shape} starts near {start} and ends near {end}, so it moves {direction}: option {letter}."
         shapes, used = D.SHAPES, (colour,)
     else:
         new = _one(rng, _others(tuple(D.COLOURS), colour))
         change = int(rng.integers(n // 3, 2 * n // 3 + 1))
         target = _statics(rng, [(colour, shape)], w, h, 26, 40)[0]
         target.colours.append((change, new))
-        question, (options, letter) = f"What colour does the {shape} turn into?", _mc_options(rng, new, tuple(D.COLOURS), (colour,))
+        question, (options, letter) = (
+            f"What colour does the {shape} turn into?",
+            _mc_options(rng, new, tuple(D.COLOURS), (colour,)),
+        )
         think = f"The {shape} is {colour} at first and turns {new} at about {_fmt(change / fps)} s: option {letter}."
         shapes, used = _others(D.SHAPES, shape), (colour, new)
     specs = _distractor_specs(rng, int(rng.integers(1, 3)), _others(tuple(D.COLOURS), *used), shapes)
@@ -379,7 +436,9 @@ def video_numerical(rng: np.random.Generator, path: Path) -> Sample:
     n = int(rng.integers(4, 9)) * fps
     colour, shape = _one(rng, tuple(D.COLOURS)), _one(rng, D.SHAPES)
     k = int(rng.integers(1, 5))
-    specs = [(colour, shape)] * k + _distractor_specs(rng, int(rng.integers(1, 4)), _others(tuple(D.COLOURS), colour))
+    specs = [(colour, shape)] * k + _distractor_specs(
+        rng, int(rng.integers(1, 4)), _others(tuple(D.COLOURS), colour)
+    )
     sprites = _statics(rng, specs, w, h, 20, 30)
     for s in sprites[:k]:
         s.first = int(rng.integers(0, n - fps))
@@ -403,13 +462,24 @@ def video_regression(rng: np.random.Generator, path: Path) -> Sample:
     _save_video(path, sprites, n, w, h, bg, fps)
     seconds = (b - a + 1) / fps
     think = f"The {colour} {shape} is visible in {b - a + 1} frames at {fps} frames per second, i.e. {_fmt(seconds)} seconds."
-    return Sample(f"For how many seconds is the {colour} {shape} visible in the video?", _fmt(seconds), think, w, h, fps=fps)
+    return Sample(
+        f"For how many seconds is the {colour} {shape} visible in the video?",
+        _fmt(seconds),
+        think,
+        w,
+        h,
+        fps=fps,
+    )
 
 
 def video_ocr(rng: np.random.Generator, path: Path) -> Sample:
     """Read words shown one after another."""
     w, h, fps, _ = _video_frame(rng, min_width=224)
-    bg, ink, size = _one(rng, D.LIGHT_BACKGROUNDS), _one(rng, tuple(D.TEXT_COLOURS)), int(rng.choice([22, 26, 30]))
+    bg, ink, size = (
+        _one(rng, D.LIGHT_BACKGROUNDS),
+        _one(rng, tuple(D.TEXT_COLOURS)),
+        int(rng.choice([22, 26, 30])),
+    )
     words = _choose(rng, WORDS, int(rng.integers(2, 4)))
     sprites, frame = [], int(rng.integers(0, fps // 2 + 1))
     for word in words:
@@ -419,11 +489,20 @@ def video_ocr(rng: np.random.Generator, path: Path) -> Sample:
         sprites.append(D.Sprite(mask, [(0, ink)], [(0, x, y)], frame, frame + length - 1, D.TEXT_COLOURS))
         frame += length + int(rng.integers(fps // 2, fps + 1))
     _save_video(path, sprites, frame, w, h, bg, fps)
-    think = "The video shows " + ", then ".join(f'"{wd}" at {_fmt(s.first / fps)} s' for wd, s in zip(words, sprites)) + "."
+    think = (
+        "The video shows "
+        + ", then ".join(f'"{wd}" at {_fmt(s.first / fps)} s' for wd, s in zip(words, sprites))
+        + "."
+    )
     return Sample("What words are shown in the video, in order?", " ".join(words), think, w, h, fps=fps)
 
 
-_SIDES = {"right": ("left", "right"), "left": ("right", "left"), "down": ("top", "bottom"), "up": ("bottom", "top")}
+_SIDES = {
+    "right": ("left", "right"),
+    "left": ("right", "left"),
+    "down": ("top", "bottom"),
+    "up": ("bottom", "top"),
+}
 
 
 def video_open_ended(rng: np.random.Generator, path: Path) -> Sample:
@@ -446,7 +525,9 @@ def video_open_ended(rng: np.random.Generator, path: Path) -> Sample:
     return Sample("Describe what happens in the video in one sentence.", caption, think, w, h, fps=fps)
 
 
-def _appearing_scene(rng: np.random.Generator, w: int, h: int, n: int, fps: int, bg: str) -> tuple[D.Sprite, list[D.Sprite], str, str]:
+def _appearing_scene(
+    rng: np.random.Generator, w: int, h: int, n: int, fps: int, bg: str
+) -> tuple[D.Sprite, list[D.Sprite], str, str]:
     """A moving target visible over a sub-span, above static distractors of other colours."""
     colour, shape = _one(rng, tuple(D.COLOURS)), _one(rng, D.SHAPES)
     a, b = _span(rng, n, fps)
@@ -478,11 +559,15 @@ def video_spatial_temporal_grounding(rng: np.random.Generator, path: Path) -> Sa
     boxes = {str(k): D.norm_box(target.box(k * fps), w, h) for k in seconds}
     span = [_num(target.first / fps), _num(target.last / fps)]
     think = f"The {colour} {shape} is visible from {span[0]} s to {span[1]} s; I give its box at each whole second."
-    question = f"When is the {colour} {shape} visible in the video, and where is it at each second of that span?"
+    question = (
+        f"When is the {colour} {shape} visible in the video, and where is it at each second of that span?"
+    )
     return Sample(question, _dumps({"time": span, "boxes": boxes}), think, w, h, fps=fps)
 
 
-def _wander(rng: np.random.Generator, mask: np.ndarray, w: int, h: int, n: int, stops: int) -> list[tuple[int, int, int]]:
+def _wander(
+    rng: np.random.Generator, mask: np.ndarray, w: int, h: int, n: int, stops: int
+) -> list[tuple[int, int, int]]:
     """A piecewise-linear path through ``stops`` random positions, from frame 0 to n - 1."""
     mh, mw = mask.shape
     frames = np.linspace(0, n - 1, stops).round().astype(int)
@@ -524,17 +609,37 @@ def video_segmentation(rng: np.random.Generator, path: Path) -> Sample:
     answer = {"time": t, **_seg_answer(rng, target, others, t * fps, w, h)}
     masks = {str(i): D.rle(target.frame_mask(i, w, h)) for i in range(n)}
     think = f"The {colour} {shape} is clearly visible at {t} s in box {answer['boxes']}; I pick points inside it and on the background."
-    return Sample(f"Segment the {colour} {shape} in the video.", _dumps(answer), think, w, h, fps=fps, segmentation=masks)
+    return Sample(
+        f"Segment the {colour} {shape} in the video.",
+        _dumps(answer),
+        think,
+        w,
+        h,
+        fps=fps,
+        segmentation=masks,
+    )
 
 
 GENERATORS: dict[tuple[str, str], Generator] = dict(
     zip(
         SYNTHETIC_TASKS,
         (
-            image_multiple_choice, image_numerical, image_ocr, image_math, image_open_ended,
-            image_spatial_grounding, image_segmentation, video_multiple_choice, video_numerical,
-            video_regression, video_ocr, video_open_ended, video_temporal_grounding,
-            video_spatial_temporal_grounding, video_tracking, video_segmentation,
+            image_multiple_choice,
+            image_numerical,
+            image_ocr,
+            image_math,
+            image_open_ended,
+            image_spatial_grounding,
+            image_segmentation,
+            video_multiple_choice,
+            video_numerical,
+            video_regression,
+            video_ocr,
+            video_open_ended,
+            video_temporal_grounding,
+            video_spatial_temporal_grounding,
+            video_tracking,
+            video_segmentation,
         ),  # fmt: skip
     )
 )
@@ -560,7 +665,10 @@ def _record(split: str, pid: int, problem_type: str, data_type: str, rel: str, s
         }  # fmt: skip
     if split == "sft":
         user = sft_user_content(s.question, problem_type, data_type, s.options)
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": f"<think>{s.think}</think>{answer}"}]
+        messages = [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": f"<think>{s.think}</think>{answer}"},
+        ]
         return {
             "problem_id": pid, "problem_type": problem_type, "data_type": data_type, "data_source": DATA_SOURCE,
             "messages": messages, media_key: [rel],
@@ -594,7 +702,9 @@ def _run(job: _Job) -> dict[str, Any]:
     problem_type, data_type = SYNTHETIC_TASKS[job.task]
     ext = "png" if data_type == "image" else "mp4"
     rel = f"media/{data_type}s/{job.split}_{task_slug(problem_type, data_type)}_{job.index:04d}.{ext}"
-    rng = np.random.default_rng(np.random.SeedSequence([job.seed, SPLITS.index(job.split), job.task, job.index]))
+    rng = np.random.default_rng(
+        np.random.SeedSequence([job.seed, SPLITS.index(job.split), job.task, job.index])
+    )
     sample = GENERATORS[(problem_type, data_type)](rng, Path(job.out_dir) / rel)
     return _record(job.split, job.problem_id, problem_type, data_type, rel, sample)
 
@@ -609,7 +719,9 @@ def _jobs(out: Path, per_task: int, seed: int) -> list[_Job]:
     return jobs
 
 
-def generate_suite(out_dir: str | Path, per_task: int = 8, seed: int = 0, workers: int = 0) -> dict[str, Path]:
+def generate_suite(
+    out_dir: str | Path, per_task: int = 8, seed: int = 0, workers: int = 0
+) -> dict[str, Path]:
     """Write the synthetic suite under ``out_dir``: media and the rl/sft/eval manifests.
 
     ``per_task`` samples of every task in `SYNTHETIC_TASKS`, in each manifest; the three manifests

@@ -102,7 +102,12 @@ def mask_box(mask: np.ndarray) -> Box:
 def norm_box(box: Box, width: int, height: int) -> list[int]:
     """Pixel box (end exclusive) on the 0–1000 scale: x·1000/W, y·1000/H, rounded."""
     x0, y0, x1, y1 = box
-    return [round(x0 * 1000 / width), round(y0 * 1000 / height), round(x1 * 1000 / width), round(y1 * 1000 / height)]
+    return [
+        round(x0 * 1000 / width),
+        round(y0 * 1000 / height),
+        round(x1 * 1000 / width),
+        round(y1 * 1000 / height),
+    ]
 
 
 def norm_point(px: int, py: int, width: int, height: int) -> list[int]:
@@ -221,7 +226,9 @@ def render_yuv420(sprites: Sequence[Sprite], i: int, base: np.ndarray) -> np.nda
 
 def overlaps(a: Box, b: Box, margin: int) -> bool:
     """Whether two pixel boxes come closer than ``margin`` pixels."""
-    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
+    return not (
+        a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1]
+    )
 
 
 def place(
@@ -253,7 +260,12 @@ def place(
 def path_box(sprite: Sprite, n_frames: int) -> Box:
     """Pixel box that holds ``sprite`` over all frames of its path."""
     boxes = [sprite.box(i) for i in range(n_frames)]
-    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
 
 
 def shift(mask: np.ndarray, dy: int, dx: int, fill: bool) -> np.ndarray:
@@ -289,7 +301,9 @@ def dilate(mask: np.ndarray, r: int) -> np.ndarray:
     return _morph(mask, r, grow=True)
 
 
-def spread_points(rng: np.random.Generator, candidates: np.ndarray, start: tuple[float, float], k: int = 3) -> list[tuple[int, int]]:
+def spread_points(
+    rng: np.random.Generator, candidates: np.ndarray, start: tuple[float, float], k: int = 3
+) -> list[tuple[int, int]]:
     """``k`` pixels (x, y) of a candidate mask, spread by farthest-point sampling from ``start``."""
     ys, xs = np.nonzero(candidates)
     if len(xs) < k:
@@ -375,7 +389,10 @@ def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: int) -> int:
         for frame in frames:
             planar = frame.ndim == 2
             if n == 0:
-                stream.height, stream.width = frame.shape[0] * 2 // 3 if planar else frame.shape[0], frame.shape[1]
+                stream.height, stream.width = (
+                    frame.shape[0] * 2 // 3 if planar else frame.shape[0],
+                    frame.shape[1],
+                )
             vf = av.VideoFrame.from_ndarray(frame, format="yuv420p" if planar else "rgb24")
             for packet in stream.encode(vf):
                 container.mux(packet)

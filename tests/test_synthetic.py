@@ -59,7 +59,11 @@ def _cases(suite: dict[str, Path], problem_type: str, data_type: str) -> Iterato
                 question = r["messages"][0]["content"][len(f"<{data_type}>") :].split("\n")[0]
             else:
                 media, question, answer = r["path"], r["problem"], r["solution"]
-            options = r["options"] if split != "sft" else re.findall(r"^[A-D]\. .*$", r["messages"][0]["content"], re.M)
+            options = (
+                r["options"]
+                if split != "sft"
+                else re.findall(r"^[A-D]\. .*$", r["messages"][0]["content"], re.M)
+            )
             yield {"split": split, "media": root / media, "question": question, "answer": _inner(answer), "record": r,
                    "options": options}  # fmt: skip
 
@@ -128,7 +132,12 @@ def _px_box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _norm(box: tuple[int, int, int, int], w: int, h: int) -> list[int]:
-    return [round(box[0] * 1000 / w), round(box[1] * 1000 / h), round(box[2] * 1000 / w), round(box[3] * 1000 / h)]
+    return [
+        round(box[0] * 1000 / w),
+        round(box[1] * 1000 / h),
+        round(box[2] * 1000 / w),
+        round(box[3] * 1000 / h),
+    ]
 
 
 def _iou(a: list[float], b: list[float]) -> float:
@@ -279,7 +288,9 @@ def test_image_multiple_choice(suite: dict[str, Path]) -> None:
 
 def test_image_numerical(suite: dict[str, Path]) -> None:
     for case in _cases(suite, "numerical", "image"):
-        colour, shape = re.fullmatch(r"How many (\w+) (\w+)s are there in the image\?", case["question"]).groups()
+        colour, shape = re.fullmatch(
+            r"How many (\w+) (\w+)s are there in the image\?", case["question"]
+        ).groups()
         found = [s for c, s, _ in _objects(_image(case["media"])) if c == colour]
         assert found == [shape] * int(case["answer"])
 
@@ -381,7 +392,9 @@ def test_video_multiple_choice(suite: dict[str, Path]) -> None:
             last = _present(frames[-1], chosen)
             assert last.sum() > 50 and _present(frames[0], chosen).sum() == 0
             before = frames[0][last]  # the same pixels at the start: one other option colour
-            starts = [o[3:] for o in case["options"] if _colour_mask(before, COLOURS[o[3:]], VIDEO_TOL).mean() > 0.9]
+            starts = [
+                o[3:] for o in case["options"] if _colour_mask(before, COLOURS[o[3:]], VIDEO_TOL).mean() > 0.9
+            ]
             assert len(starts) == 1 and starts[0] != chosen
 
 
