@@ -5,7 +5,8 @@
 - AO/SR: `AverageOverlap` vs the got10k toolkit (`rect_iou` per sequence, then `_evaluate`).
 - cIoU: `CumulativeIoU` vs a numpy loop over samples.
 
-Each side runs once to warm up, then `--repeats` times, interleaved; the median is reported.
+Each side runs once to warm up, then `--repeats` times, interleaved; the medians of wall-clock and
+process CPU time are reported (CPU time is steadier on a shared machine).
 
     python benchmarks/bench_metrics.py [--repeats 5] [--threads N]
 """
@@ -31,20 +32,22 @@ from metrics_reference_impls import blob_masks, ciou_loop, sequence_jf  # noqa: 
 from metrics import AverageOverlap, CumulativeIoU, JAndF  # noqa: E402
 
 
-def _time(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, interleaving the calls."""
+def _time(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds per call of each function, interleaving the calls."""
     for fn in fns.values():
         fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[k].append((time.perf_counter() - w0, time.process_time() - c0))
+    return {
+        k: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v)) for k, v in times.items()
+    }
 
 
-def bench_jf(repeats: int) -> tuple[dict[str, float], float]:
+def bench_jf(repeats: int) -> tuple[dict[str, tuple[float, float]], float]:
     rng = np.random.default_rng(0)
     target = blob_masks(rng, 100, 480, 854, n_blobs=3)
     pred = target.copy()
@@ -68,7 +71,7 @@ def bench_jf(repeats: int) -> tuple[dict[str, float], float]:
     return _time({"ours": ours, "davis2017 (numpy+cv2)": ref}, repeats), diff
 
 
-def bench_ao(repeats: int) -> tuple[dict[str, float], float]:
+def bench_ao(repeats: int) -> tuple[dict[str, tuple[float, float]], float]:
     rng = np.random.default_rng(1)
     seqs = []
     for _ in range(180):  # GOT-10k val: 180 sequences
@@ -101,7 +104,7 @@ def bench_ao(repeats: int) -> tuple[dict[str, float], float]:
     return _time({"ours": ours, "got10k": ref}, repeats), diff
 
 
-def bench_ciou(repeats: int) -> tuple[dict[str, float], float]:
+def bench_ciou(repeats: int) -> tuple[dict[str, tuple[float, float]], float]:
     rng = np.random.default_rng(2)
     target = blob_masks(rng, 200, 480, 640, n_blobs=2)
     pred = blob_masks(rng, 200, 480, 640, n_blobs=2) | target
@@ -132,11 +135,12 @@ def main() -> None:
         ("cIoU, 200 x 480x640", bench_ciou),
     ):
         times, diff = bench(args.repeats)
-        ours = times.pop("ours")
-        ((ref_name, ref),) = times.items()
+        (ours_wall, ours_cpu) = times.pop("ours")
+        ((ref_name, (ref_wall, ref_cpu)),) = times.items()
         print(
-            f"{name}: ours {ours * 1e3:.1f} ms, {ref_name} {ref * 1e3:.1f} ms, "
-            f"speed-up {ref / ours:.2f}x, |diff| {diff:.1e}"
+            f"{name}: ours {ours_wall * 1e3:.1f} ms (CPU {ours_cpu * 1e3:.1f}), "
+            f"{ref_name} {ref_wall * 1e3:.1f} ms (CPU {ref_cpu * 1e3:.1f}), "
+            f"speed-up {ref_wall / ours_wall:.2f}x wall, {ref_cpu / ours_cpu:.2f}x CPU, |diff| {diff:.1e}"
         )
 
 

@@ -27,19 +27,20 @@ class _MeanIoURecall(NanPredictionCount):
     def __init__(self, thresholds: Sequence[float], **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.thresholds = check_thresholds(thresholds)
+        self.register_buffer("_thr", torch.tensor(self.thresholds, dtype=torch.float64), persistent=False)
         self.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("hits", torch.zeros(len(self.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
         self._add_nan_state()
 
     def _add(self, iou: Tensor, nan_rows: Tensor) -> None:
-        iou = torch.where(nan_rows, torch.zeros_like(iou), iou)
-        thr = torch.tensor(self.thresholds, dtype=torch.float64, device=iou.device)
+        iou = iou.masked_fill(nan_rows, 0.0)
+        thr = self._thr.to(iou.device)
         dev = self.iou_sum.device
         self.iou_sum += iou.sum().to(dev)
         self.count += iou.numel()
         self.hits += (iou[:, None] >= thr).sum(0).to(dev)
-        self.num_nan_preds += int(nan_rows.sum())
+        self.num_nan_preds += nan_rows.sum().to(dev)
 
     def compute(self) -> dict[str, Tensor]:
         """Return {"mIoU", "<prefix>@t"...} as float64 scalars."""

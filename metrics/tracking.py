@@ -53,6 +53,7 @@ class AverageOverlap(NanPredictionCount):
         self.box_format = box_format
         self.protocol = protocol
         self.thresholds = check_thresholds(thresholds)
+        self.register_buffer("_thr", torch.tensor(self.thresholds, dtype=torch.float64), persistent=False)
         # got10k: sums over frames; onethinker: sums over videos.
         self.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
@@ -73,22 +74,21 @@ class AverageOverlap(NanPredictionCount):
         if self.protocol == "got10k":
             if n == 0:
                 raise ValueError("`target` must hold at least frame 0 for protocol='got10k'")
-            keep[0] = False
-            p, t = to_xywh(preds, self.box_format), to_xywh(target, self.box_format)
+            keep[0] = False  # `keep` is always a fresh tensor
+            both = to_xywh(torch.cat([preds, target]), self.box_format)
             if image_size is not None:
-                w, h = self._check_image_size(image_size)
-                p, t = got10k_clip(p, w, h), got10k_clip(t, w, h)
-            iou = got10k_iou(p, t)
+                both = got10k_clip(both, *self._check_image_size(image_size))
+            iou = got10k_iou(both[:n], both[n:])
         else:
             if image_size is not None:
                 raise ValueError(
                     "`image_size` is only used by protocol='got10k' (the OneThinker script does not clip)"
                 )
             iou = xyxy_iou(to_xyxy(preds, self.box_format), to_xyxy(target, self.box_format))
-        iou = torch.where(nan_rows, torch.zeros_like(iou), iou)[keep]
-        thr = torch.tensor(self.thresholds, dtype=torch.float64, device=iou.device)
+        iou = iou.masked_fill(nan_rows, 0.0)[keep]
+        thr = self._thr.to(iou.device)
         dev = self.iou_sum.device
-        self.num_nan_preds += int((nan_rows & keep).sum())
+        self.num_nan_preds += (nan_rows & keep).sum().to(dev)
         if self.protocol == "got10k":
             self.iou_sum += iou.sum().to(dev)
             self.count += iou.numel()
@@ -107,7 +107,7 @@ class AverageOverlap(NanPredictionCount):
         if not isinstance(visible, Tensor) or visible.shape != (n,):
             shape = tuple(visible.shape) if isinstance(visible, Tensor) else type(visible).__name__
             raise ValueError(f"`visible` must be a tensor of shape [{n}], got {shape}")
-        return (visible != 0).to(device).clone()
+        return (visible != 0).to(device)
 
     @staticmethod
     def _check_image_size(image_size: tuple[float, float]) -> tuple[float, float]:

@@ -240,6 +240,21 @@ def test_long_sequence_crosses_frame_blocks_and_matches_reference() -> None:
     assert out["F"].item() == pytest.approx(f_ref.mean(), abs=1e-12)
 
 
+def test_blocks_without_boundaries_and_small_objects_match_reference() -> None:
+    # Frames 0..17 are empty in both (a whole block has no boundary); later a small object sits
+    # in one corner, so the boundary bounding box is much smaller than the frame.
+    rng = np.random.default_rng(8)
+    pred = np.zeros((40, 60, 90), bool)
+    target = np.zeros((40, 60, 90), bool)
+    target[18:] = np.pad(blob_masks(rng, 22, 20, 25), ((0, 0), (40, 0), (65, 0)))
+    pred[18:] = np.roll(target[18:], 2, axis=2)
+    pred[30] = False
+    j, f = JAndF(bound_th=0.05).per_frame(torch.from_numpy(pred), torch.from_numpy(target))
+    j_ref, f_ref = sequence_jf(pred, target, 0.05)
+    np.testing.assert_allclose(j.numpy(), j_ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(f.numpy(), f_ref, rtol=0, atol=1e-12)
+
+
 def test_full_resolution_frames_match_reference() -> None:
     rng = np.random.default_rng(11)
     pred, target = blob_masks(rng, 2, 480, 854, n_blobs=4), blob_masks(rng, 2, 480, 854, n_blobs=4)
