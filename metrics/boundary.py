@@ -111,26 +111,27 @@ def frame_counts(preds: Tensor, target: Tensor, radius: int) -> dict[str, Tensor
         x = torch.zeros(2, groups, h, w, dtype=torch.uint8, device=preds.device)
         pack_bits(preds[start : start + n], out=x[0])
         pack_bits(target[start : start + n], out=x[1])
-        region = torch.empty_like(x)
-        torch.bitwise_and(x[0], x[1], out=region[0])
-        torch.bitwise_or(x[0], x[1], out=region[1])
-        parts[0].append(count_bits(region.view(2 * groups, h, w)).view(2, -1)[:, :n])
-        b = seg2bmap(x)
-        # The dilated maps are only read at boundary pixels, and every source pixel lies in the
-        # bounding box of all boundary pixels of the block, so working inside that box is exact.
-        rows = b.amax(dim=(0, 1, 3)).nonzero()
-        if rows.numel() == 0:  # no boundary in any frame of the block
+        # Pixels outside the bounding box of both masks, grown by one pixel, are background in
+        # both and are no boundary pixels (a boundary pixel differs from a right, lower or
+        # lower-right neighbour, all of which lie in the grown box). All counts come from that box.
+        union = x[0] | x[1]
+        rows = union.amax(dim=(0, 2)).nonzero()
+        if rows.numel() == 0:  # both masks empty in every frame of the block
             zeros = torch.zeros(2, n, dtype=torch.int64, device=preds.device)
-            parts[1].append(zeros)
-            parts[2].append(zeros)
+            for acc in parts:
+                acc.append(zeros)
             continue
-        cols = b.amax(dim=(0, 1, 2)).nonzero()
-        b = b[..., int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+        cols = union.amax(dim=(0, 1)).nonzero()
+        y0, y1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, h)
+        x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, w)
+        x = x[..., y0:y1, x0:x1]
+        region = torch.stack([x[0] & x[1], union[..., y0:y1, x0:x1]])
+        b = seg2bmap(x)
         d = dilate_disk(b, radius)
         d[0] &= b[1]  # gt boundary pixels near the fg boundary
         d[1] &= b[0]  # fg boundary pixels near the gt boundary
-        for acc, m in ((parts[1], b), (parts[2], d)):
-            acc.append(count_bits(m.reshape(2 * groups, *m.shape[-2:])).view(2, -1)[:, :n])
+        for acc, m in zip(parts, (region, b, d)):
+            acc.append(count_bits(m.reshape(2 * groups, y1 - y0, x1 - x0)).view(2, -1)[:, :n])
     region, bound, match = (torch.cat(c, 1) for c in parts)
     return {
         "inter": region[0],
