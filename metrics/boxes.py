@@ -10,7 +10,7 @@ _EPS = float(torch.finfo(torch.float64).eps)  # numpy's np.finfo(float).eps, use
 
 
 def check_boxes(preds: Tensor, target: Tensor, width: int = 4) -> tuple[Tensor, Tensor, Tensor]:
-    """Validate [N, width] prediction/target pairs; return float64 copies and the NaN-prediction mask.
+    """Validate [N, width] prediction/target pairs; return them as float64 with the NaN-prediction mask.
 
     Raises ValueError for non-tensors, wrong dims, mismatched shapes, any non-finite target value
     and infinite prediction values. A prediction row holding NaN is reported in the returned mask

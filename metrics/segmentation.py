@@ -7,7 +7,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from metrics.boundary import boundary_radius, f_from_counts, frame_counts
-from metrics.masks import check_mask_pair, pair_counts
+from metrics.masks import as_bool_masks, check_mask_pair, pair_counts
 
 _F64 = torch.float64
 
@@ -81,7 +81,8 @@ class JAndF(Metric):
 
     Each `update(preds, target)` takes ONE object (DAVIS) or expression (MeViS, ReVOS: the target is
     the union of its objects) as masks [T, H, W]. A sequence scores the mean J and mean F over all
-    its frames. `compute()` returns {"J", "F", "J&F"} with J&F = (J + F) / 2.
+    its frames. `compute()` returns {"J", "F", "J&F"} with J&F = (J + F) / 2. Optional `void`
+    pixels are cleared in both masks first, as davis2017-evaluation does.
 
     With `davis_statistics=True` it also returns the DAVIS semi-supervised figures over frames
     1..T-2 (first and last dropped): "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall",
@@ -109,24 +110,35 @@ class JAndF(Metric):
         self.add_state("num_sequences", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("davis_sum", torch.zeros(6, dtype=_F64), dist_reduce_fx="sum")
 
-    def per_frame(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-frame J and F (float64 [T] each) of one sequence [T, H, W]; no state change."""
+    def per_frame(self, preds: Tensor, target: Tensor, void: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-frame J and F (float64 [T] each) of one sequence [T, H, W]; no state change.
+
+        `void` [T, H, W] marks pixels to ignore (DAVIS label 255): as in davis2017-evaluation, both
+        masks are cleared there before J and the boundaries are computed.
+        """
         preds, target = check_mask_pair(preds, target, (3,))
         if target.shape[0] == 0:
             raise ValueError("`target` must hold at least one frame, got shape (0, H, W)")
+        if void is not None:
+            void = as_bool_masks(void, "void").to(target.device)
+            if void.shape != target.shape:
+                raise ValueError(
+                    f"`void` must have the shape of `target` {tuple(target.shape)}, got {tuple(void.shape)}"
+                )
+            preds, target = preds & ~void, target & ~void
         radius = boundary_radius(target.shape[-2], target.shape[-1], self.bound_th)
         c = frame_counts(preds, target, radius)
         return region_similarity(c["inter"], c["union"]), f_from_counts(
             c["n_fg"], c["n_gt"], c["fg_match"], c["gt_match"]
         )
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Add one sequence of masks [T, H, W] (bool or 0/1)."""
+    def update(self, preds: Tensor, target: Tensor, void: Tensor | None = None) -> None:
+        """Add one sequence of masks [T, H, W] (bool or 0/1), with optional `void` pixels [T, H, W]."""
         if self.davis_statistics and isinstance(target, Tensor) and target.ndim == 3 and target.shape[0] < 3:
             raise ValueError(
                 f"`target` needs at least 3 frames for the DAVIS statistics (frames 1..T-2), got {target.shape[0]}"
             )
-        j, f = self.per_frame(preds, target)
+        j, f = self.per_frame(preds, target, void)
         dev = self.j_sum.device
         self.j_sum += j.mean().to(dev)
         self.f_sum += f.mean().to(dev)

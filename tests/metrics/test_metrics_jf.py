@@ -271,6 +271,22 @@ def test_count_bits_handles_padding_and_many_chunks() -> None:
     assert torch.equal(count_bits(pack_bits(full))[:9], full.sum((1, 2)))
 
 
+def test_void_pixels_are_cleared_in_both_masks() -> None:
+    rng = np.random.default_rng(12)
+    pred, target = blob_masks(rng, 5, 30, 40), blob_masks(rng, 5, 30, 40)
+    void = np.zeros_like(target)
+    void[:, 10:14, :] = True  # a void band across the objects
+    m = JAndF(bound_th=2)
+    m.update(torch.from_numpy(pred), torch.from_numpy(target), void=torch.from_numpy(void))
+    j_ref, f_ref = sequence_jf(pred & ~void, target & ~void, 2)  # davis2017: mask * ~void
+    assert m.compute()["J"].item() == pytest.approx(j_ref.mean(), abs=1e-12)
+    assert m.compute()["F"].item() == pytest.approx(f_ref.mean(), abs=1e-12)
+    j_plain, _ = sequence_jf(pred, target, 2)
+    assert j_plain.mean() != pytest.approx(j_ref.mean())  # the band matters
+    with pytest.raises(ValueError, match="`void`"):
+        m.update(torch.from_numpy(pred), torch.from_numpy(target), void=torch.zeros(5, 30, 41))
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 
 
