@@ -1,0 +1,259 @@
+"""`VisionLanguageBackbone`: the Qwen-VL model + processor that SFT, GRPO and evaluation share."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lightning_modules.processing import build_processor, vision_token_ids
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "pixel_values",
+    "pixel_values_videos",
+    "image_grid_thw",
+    "video_grid_thw",
+    "second_per_grid_ts",
+    "mm_token_type_ids",
+)
+# Projector modules inside ``model.visual`` (Qwen3-VL adds DeepStack mergers).
+PROJECTOR_PREFIXES = ("merger", "deepstack_merger_list")
+LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA through peft.
+
+    Args:
+        r: rank.
+        alpha: scaling numerator (``lora_alpha``).
+        dropout: dropout on the LoRA input.
+        target_modules: linear layer names to adapt.
+        include_vision: also adapt the vision tower's matching layers.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LANGUAGE_LINEARS))
+    include_vision: bool = False
+
+
+def resolve_attention(attn_implementation: str) -> str:
+    """``auto`` is flash-attention 2 when it is installed and CUDA is present, else sdpa."""
+    if attn_implementation != "auto":
+        return attn_implementation
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def model_family(model_type: str) -> str:
+    """``qwen3_vl`` (dense and MoE) or ``qwen2_5_vl`` from a config's ``model_type``."""
+    if model_type.startswith("qwen3_vl"):
+        return "qwen3_vl"
+    if model_type.startswith("qwen2_5_vl"):
+        return "qwen2_5_vl"
+    raise ValueError(f"unsupported model_type {model_type!r}; supported: qwen3_vl, qwen3_vl_moe, qwen2_5_vl")
+
+
+def gather_token_logprobs(
+    hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor, chunk_size: int = 1024, temperature: float = 1.0
+) -> torch.Tensor:
+    """log p(target) for rows of ``hidden`` [N, H], ``chunk_size`` rows of logits at a time.
+
+    Each chunk is checkpointed, so neither the forward nor the backward pass ever holds more than
+    [chunk_size, vocab] float32 logits.
+    """
+
+    def chunk_logprobs(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(h).float() / temperature
+        return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(chunk_logprobs, h, t, use_reentrant=False))
+        else:
+            pieces.append(chunk_logprobs(h, t))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+class VisionLanguageBackbone(nn.Module):
+    """A Qwen3-VL / Qwen2.5-VL model with its processor.
+
+    Args:
+        model_name_or_path: a hub id or local folder for ``from_pretrained``, or ``tiny`` for a
+            randomly initialised toy model of ``family`` (real tokenizer, no download).
+        family: architecture of the ``tiny`` preset (ignored for pretrained models).
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        attn_implementation: ``auto``, ``sdpa``, ``eager`` or ``flash_attention_2``.
+        freeze_vision_tower: keep the vision encoder fixed.
+        freeze_projector: keep the vision-to-language merger fixed.
+        gradient_checkpointing: recompute activations in the backward pass.
+        lora: LoRA settings; ``None`` trains the full model.
+        seed: initialisation seed of the ``tiny`` preset.
+        logprob_chunk_size: rows of logits computed at once by `token_logprobs`.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "tiny",
+        family: Literal["qwen3_vl", "qwen2_5_vl"] = "qwen3_vl",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        attn_implementation: str = "auto",
+        freeze_vision_tower: bool = True,
+        freeze_projector: bool = True,
+        gradient_checkpointing: bool = False,
+        lora: LoraSettings | None = None,
+        seed: int = 0,
+        logprob_chunk_size: int = 1024,
+    ):
+        super().__init__()
+        from transformers import AutoModelForImageTextToText
+
+        self.name_or_path, self.logprob_chunk_size = model_name_or_path, logprob_chunk_size
+        # Enough to rebuild this backbone around a checkpoint's weights (export, evaluation).
+        self.init_args: dict[str, Any] = {
+            "model_name_or_path": model_name_or_path, "family": family, "dtype": dtype,
+            "attn_implementation": attn_implementation, "lora": None if lora is None else vars(lora), "seed": seed,
+        }
+        attn = resolve_attention(attn_implementation)
+        if model_name_or_path == "tiny":
+            from lightning_modules.presets import tiny_config
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = AutoModelForImageTextToText.from_config(tiny_config(family), dtype=DTYPES[dtype], attn_implementation=attn)
+            processor = build_processor(family)
+        else:
+            from transformers import AutoProcessor
+
+            model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=DTYPES[dtype], attn_implementation=attn)
+            processor = AutoProcessor.from_pretrained(model_name_or_path)
+            family = model_family(model.config.model_type)
+        self.family, self.processor = family, processor
+        self.suppressed_token_ids = vision_token_ids(processor.tokenizer)
+        self.set_trainable(not freeze_vision_tower, not freeze_projector, model)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        self.lora = lora
+        if lora is not None:
+            model = self._add_lora(model, lora)
+        self.model = model
+
+    @staticmethod
+    def _visual(model: nn.Module) -> nn.Module:
+        return model.get_base_model().model.visual if hasattr(model, "get_base_model") else model.model.visual
+
+    def set_trainable(self, vision_tower: bool, projector: bool, model: nn.Module | None = None) -> None:
+        """Freeze or unfreeze the vision encoder and the projector."""
+        visual = self._visual(model if model is not None else self.model)
+        for name, param in visual.named_parameters():
+            is_projector = name.startswith(PROJECTOR_PREFIXES)
+            param.requires_grad_(projector if is_projector else vision_tower)
+
+    @staticmethod
+    def _add_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        names = "|".join(lora.target_modules)
+        scope = r".*" if lora.include_vision else r".*language_model.*"
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=rf"{scope}\.({names})")
+        return get_peft_model(model, config)
+
+    @property
+    def hf_model(self) -> nn.Module:
+        """The transformers model (LoRA layers inside, if any)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @staticmethod
+    def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Last hidden states [B, T, H] of the language model (no logits over the vocabulary)."""
+        return self.hf_model.model(**self.model_inputs(batch), use_cache=False).last_hidden_state
+
+    def token_logprobs(self, batch: dict[str, Any], target_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """[B, T] log-probabilities of the tokens of ``input_ids`` where ``target_mask`` is set, else 0.
+
+        A token at position t is scored from the hidden state at t - 1; only those rows ever reach
+        the vocabulary projection, in chunks.
+        """
+        hidden = self(batch)
+        ids = batch["input_ids"]
+        picked = target_mask[:, 1:].bool()
+        scores = gather_token_logprobs(
+            hidden[:, :-1][picked], self.hf_model.lm_head, ids[:, 1:][picked], self.logprob_chunk_size, temperature
+        )
+        out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        out[:, 1:][picked] = scores
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: dict[str, Any],
+        num_return_sequences: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        do_sample: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Sample responses to left-padded prompts; vision special tokens are never produced.
+
+        Returns ``sequences`` (prompt + response), ``response_ids`` and ``response_mask`` (1 up to
+        and including the first end-of-turn token), each with ``num_return_sequences`` rows per prompt.
+        """
+        tok = self.tokenizer
+        eos = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+        kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens}
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        sequences = self.hf_model.generate(
+            **self.model_inputs(batch),
+            num_return_sequences=num_return_sequences,
+            suppress_tokens=self.suppressed_token_ids,
+            eos_token_id=eos,
+            pad_token_id=tok.pad_token_id,
+            **kwargs,
+        )
+        prompt_len = batch["input_ids"].shape[1]
+        response = sequences[:, prompt_len:]
+        return {"sequences": sequences, "response_ids": response, "response_mask": response_mask(response, eos)}
+
+    def save_pretrained(self, out: str | Path) -> None:
+        """A Hugging Face folder (weights, config, processor); LoRA weights are merged in."""
+        model = self.model
+        if hasattr(model, "merge_and_unload"):
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(str(out))
+        self.processor.save_pretrained(str(out))
+
+
+def response_mask(response: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """1 on each response token up to and including its first end-of-sequence token."""
+    is_eos = torch.isin(response, torch.tensor(eos_ids, device=response.device))
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    return (~after_eos).long()
