@@ -1,0 +1,105 @@
+"""`SFTModule`: stage 1, cross-entropy on the assistant turn only."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import grad_norm
+
+from lightning_modules.backbone import VisionLanguageBackbone
+from lightning_modules.schedules import WarmupSchedule
+
+
+def _adamw(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+
+
+def per_task_sums(nll: torch.Tensor, mask: torch.Tensor, meta: list[dict[str, Any]]) -> dict[str, tuple[torch.Tensor, int]]:
+    """Summed token NLL and token count per ``problem_type/data_type`` of the rows."""
+    row_sum, row_count = (nll * mask).sum(dim=1), mask.sum(dim=1)
+    out: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    for i, m in enumerate(meta):
+        key = f"{m['problem_type']}/{m['data_type']}"
+        out[key][0] = out[key][0] + row_sum[i]
+        out[key][1] += int(row_count[i])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+class SFTModule(L.LightningModule):
+    """Supervised fine-tuning of a `VisionLanguageBackbone` on ``<think>…</think><answer>…</answer>`` turns.
+
+    The loss is the token mean of the assistant tokens' negative log-likelihood over the batch.
+
+    Args:
+        backbone: the model and processor.
+        optimizer: optimizer factory over the trainable parameters (recipe: AdamW, lr 1e-5).
+        schedule: learning-rate schedule (recipe: cosine, warm-up ratio 0.02).
+    """
+
+    def __init__(
+        self,
+        backbone: VisionLanguageBackbone,
+        optimizer: OptimizerCallable = _adamw,
+        schedule: WarmupSchedule | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.optimizer_factory = optimizer
+        self.schedule = schedule or WarmupSchedule("cosine", 0.02)
+        self._step_started = 0.0
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]], int]:
+        mask = (batch["labels"] != -100).float()
+        nll = -self.backbone.token_logprobs(batch, mask.bool())
+        tokens = int(mask.sum())
+        return (nll * mask).sum() / max(tokens, 1), per_task_sums(nll.detach(), mask, batch["meta"]), tokens
+
+    def _log_step(self, split: str, loss: torch.Tensor, tasks: dict, size: int) -> None:
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=size)
+        for task, (total, count) in tasks.items():
+            if count:
+                self.log(f"{split}/loss/{task}", total / count, on_step=on_step, on_epoch=not on_step, batch_size=count)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if "labels" not in batch:  # every row was skipped (and counted by the data module)
+            return None
+        loss, tasks, _ = self.loss(batch)
+        self._log_step("train", loss, tasks, len(batch["meta"]))
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if "attention_mask" not in batch:
+            return
+        seconds = time.perf_counter() - self._step_started
+        tokens = int(batch["attention_mask"].sum())
+        self.log("train/tokens_per_sec", tokens / max(seconds, 1e-9), on_step=True, prog_bar=True, batch_size=1)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=1)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        norms = grad_norm(self.backbone, norm_type=2)
+        if "grad_2.0_norm_total" in norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, batch_size=1)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "labels" not in batch:
+            return
+        loss, tasks, _ = self.loss(batch)
+        self._log_step("val", loss, tasks, len(batch["meta"]))
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.backbone.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        scheduler = self.schedule.build(optimizer, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["backbone_init"] = self.backbone.init_args
