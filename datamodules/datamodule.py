@@ -167,7 +167,10 @@ class OneThinkerDataModule(L.LightningDataModule):
         dataset = self._dataset("train", self.mode)
         return self._loader(dataset, self.hparams.batch_size, self.mode, self.train_sampler())
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup()
+        if not self.records["val"]:
+            return []  # no validation manifests: Lightning skips validation
         return self._loader(self._dataset("val", self.mode), self.hparams.eval_batch_size or self.hparams.batch_size, self.mode)
 
     def test_dataloader(self) -> DataLoader:

@@ -1,7 +1,9 @@
 """The ``onethinker`` command.
 
-Subcommands: ``synth`` (write the synthetic suite), ``data check`` (validate a manifest and its
-media), ``demo`` (the Quickstart demo). The library never imports this module.
+``fit``, ``validate``, ``test`` and ``predict`` go to a LightningCLI driven by the YAML recipes under
+``experiments/``. ``synth`` writes the synthetic suite, ``data check`` validates a manifest and its
+media, ``export`` turns a checkpoint into a Hugging Face folder, and ``demo`` runs the Quickstart
+demo. The library never imports this module.
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ def _data_check(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from experiments.demo import run_demo
 
-    run_demo(args.out, per_task=args.per_task, seed=args.seed)
+    run_demo(args.out, per_task=args.per_task, seed=args.seed, sft_steps=args.sft_steps)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from experiments.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} -> {out}")
     return 0
 
 
@@ -62,11 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="outputs/demo")
     demo.add_argument("--per-task", type=int, default=4)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--sft-steps", type=int, default=None, help="override the demo SFT run's max_steps")
     demo.set_defaults(run=_demo)
+
+    export = sub.add_parser("export", help="write a Hugging Face model folder from a training checkpoint")
+    export.add_argument("checkpoint", help="a .ckpt written by onethinker fit")
+    export.add_argument("--out", required=True, help="output folder (weights, config, processor)")
+    export.set_defaults(run=_export)
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"LightningCLI {name} (see onethinker {name} --help)", add_help=False)
     return parser
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from experiments.lightning_cli import run_lightning_cli
+
+        run_lightning_cli(argv)
+        return 0
     args = build_parser().parse_args(argv)
     return args.run(args)
 

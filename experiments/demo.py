@@ -26,8 +26,42 @@ def _row(task: str, batch: dict, tokenizer) -> str:
     )
 
 
-def run_demo(out: str | Path, per_task: int = 4, seed: int = 0) -> None:
-    """Write the suite, then collate one RL and one SFT batch per task with the offline Qwen3-VL processor."""
+CONFIGS = Path(__file__).resolve().parent
+
+
+def _overrides(out: Path, sft_manifest: Path, max_steps: int | None) -> Path:
+    """A last ``--config`` that points the demo recipe's data, logs and checkpoints at ``out``."""
+    import yaml
+
+    logger = yaml.safe_load((CONFIGS / "shared" / "logger_demo.yaml").read_text())["trainer"]["logger"]
+    for entry in logger:
+        entry["init_args"]["save_dir"] = str(out)
+    callbacks = yaml.safe_load((CONFIGS / "demo" / "sft.yaml").read_text())["trainer"]["callbacks"]
+    for entry in callbacks:
+        if entry["class_path"].endswith("ModelCheckpoint"):
+            entry["init_args"]["dirpath"] = str(out / "checkpoints")
+    trainer = {"default_root_dir": str(out), "logger": logger, "callbacks": callbacks}
+    if max_steps is not None:
+        trainer["max_steps"] = max_steps
+    path = out / "demo_overrides.yaml"
+    path.write_text(yaml.safe_dump({"trainer": trainer, "data": {"train_manifests": [str(sft_manifest)]}}))
+    return path
+
+
+def run_sft_demo(out: Path, sft_manifest: Path, max_steps: int | None = None) -> None:
+    """The demo SFT stage: the recipe experiments/demo/sft.yaml through the LightningCLI."""
+    from experiments.lightning_cli import run_lightning_cli
+
+    configs = [CONFIGS / "shared" / "trainer_cpu.yaml", CONFIGS / "shared" / "logger_demo.yaml", CONFIGS / "demo" / "sft.yaml"]
+    args = ["fit"]
+    for c in [*configs, _overrides(out, sft_manifest, max_steps)]:
+        args += ["--config", str(c)]
+    print("\n== SFT demo: onethinker " + " ".join(args) + " ==")
+    run_lightning_cli(args)
+
+
+def run_demo(out: str | Path, per_task: int = 4, seed: int = 0, sft_steps: int | None = None) -> None:
+    """Write the suite, collate one RL and one SFT batch per task, then run the demo SFT stage."""
     out = Path(out)
     paths = generate_suite(out / "synthetic", per_task=per_task, seed=seed)
     processor = build_processor("qwen3_vl")
@@ -50,3 +84,4 @@ def run_demo(out: str | Path, per_task: int = 4, seed: int = 0) -> None:
 
     print(build_prompt(first))
     print(f"answer: {first.answer}")
+    run_sft_demo(out, paths["sft"], sft_steps)
