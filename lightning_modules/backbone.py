@@ -70,26 +70,43 @@ def model_family(model_type: str) -> str:
 
 
 def gather_token_logprobs(
-    hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor, chunk_size: int = 1024, temperature: float = 1.0
-) -> torch.Tensor:
+    hidden: torch.Tensor,
+    lm_head: nn.Module,
+    targets: torch.Tensor,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(target) for rows of ``hidden`` [N, H], ``chunk_size`` rows of logits at a time.
 
     Each chunk is checkpointed, so neither the forward nor the backward pass ever holds more than
-    [chunk_size, vocab] float32 logits.
+    [chunk_size, vocab] float32 logits. With ``with_entropy`` the entropy of each row's
+    distribution comes back too.
     """
 
-    def chunk_logprobs(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def chunk_scores(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = lm_head(h).float() / temperature
-        return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        log_z = torch.logsumexp(logits, dim=-1)
+        picked = logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - log_z
+        if not with_entropy:
+            return picked, picked.new_zeros(0)
+        probs = torch.softmax(logits, dim=-1)
+        return picked, log_z - (probs * logits).sum(-1)
 
-    pieces = []
+    logps, entropies = [], []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(checkpoint(chunk_logprobs, h, t, use_reentrant=False))
+            lp, ent = checkpoint(chunk_scores, h, t, use_reentrant=False)
         else:
-            pieces.append(chunk_logprobs(h, t))
-    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+            lp, ent = chunk_scores(h, t)
+        logps.append(lp)
+        entropies.append(ent)
+    empty = hidden.new_zeros(0, dtype=torch.float32)
+    logp = torch.cat(logps) if logps else empty
+    if not with_entropy:
+        return logp
+    return logp, torch.cat(entropies) if entropies else empty
 
 
 class VisionLanguageBackbone(nn.Module):
@@ -193,21 +210,29 @@ class VisionLanguageBackbone(nn.Module):
         """Last hidden states [B, T, H] of the language model (no logits over the vocabulary)."""
         return self.hf_model.model(**self.model_inputs(batch), use_cache=False).last_hidden_state
 
-    def token_logprobs(self, batch: dict[str, Any], target_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    def token_logprobs(
+        self, batch: dict[str, Any], target_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """[B, T] log-probabilities of the tokens of ``input_ids`` where ``target_mask`` is set, else 0.
 
         A token at position t is scored from the hidden state at t - 1; only those rows ever reach
-        the vocabulary projection, in chunks.
+        the vocabulary projection, in chunks. ``with_entropy`` also returns the [B, T] entropy of
+        the predictive distribution at the same positions.
         """
         hidden = self(batch)
         ids = batch["input_ids"]
         picked = target_mask[:, 1:].bool()
         scores = gather_token_logprobs(
-            hidden[:, :-1][picked], self.hf_model.lm_head, ids[:, 1:][picked], self.logprob_chunk_size, temperature
+            hidden[:, :-1][picked], self.hf_model.lm_head, ids[:, 1:][picked], self.logprob_chunk_size, temperature, with_entropy
         )
+        logp, entropy = scores if with_entropy else (scores, None)
         out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
-        out[:, 1:][picked] = scores
-        return out
+        out[:, 1:][picked] = logp
+        if entropy is None:
+            return out
+        ent = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        ent[:, 1:][picked] = entropy
+        return out, ent
 
     @torch.no_grad()
     def generate(
