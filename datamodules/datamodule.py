@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -101,6 +102,8 @@ class OneThinkerDataModule(L.LightningDataModule):
         self.skipped: Counter[str] = Counter()
         self._sampler: MixedTaskSampler | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._resample_sampler: MixedTaskSampler | None = None
+        self._pending_resample: dict[str, Any] | None = None
         media = stage_media(media_stage or mode, family)
         media = replace(media, fps=fps, max_frames=max_frames)
         if image_pixels is not None:
@@ -137,18 +140,40 @@ class OneThinkerDataModule(L.LightningDataModule):
             raise ValueError(f"no {split} records: set {split}_manifests")
         return RecordDataset(self.records[split], mode, self.media, self.hparams.on_bad_media)
 
+    def _new_sampler(self, seed: int, state: dict[str, Any] | None) -> MixedTaskSampler:
+        self.setup()
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        records = self.records["train"]
+        probs = sampling_probabilities(records, self.hparams.weights, self.hparams.temperature)
+        sampler = MixedTaskSampler(probs, self.hparams.samples_per_epoch or len(records), seed, rank, world)
+        if state:
+            sampler.load_state_dict(state)
+        return sampler
+
     def train_sampler(self) -> MixedTaskSampler:
         """The train sampler, built once, with this rank's place and any restored position."""
         if self._sampler is None:
-            trainer = getattr(self, "trainer", None)
-            rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-            records = self.records["train"]
-            probs = sampling_probabilities(records, self.hparams.weights, self.hparams.temperature)
-            n = self.hparams.samples_per_epoch or len(records)
-            self._sampler = MixedTaskSampler(probs, n, self.hparams.seed, rank, world)
-            if self._pending_state is not None:
-                self._sampler.load_state_dict(self._pending_state)
+            self._sampler = self._new_sampler(self.hparams.seed, self._pending_state)
         return self._sampler
+
+    def resample_batches(self) -> Iterator[dict[str, Any]]:
+        """An endless second stream of train batches, for online filtering to top a step up.
+
+        It has its own seeded sampler, whose position is checkpointed with the main one.
+        """
+        if self._resample_sampler is None:
+            self._resample_sampler = self._new_sampler(self.hparams.seed + 7919, self._pending_resample)
+        sampler = self._resample_sampler
+        dataset = self._dataset("train", self.mode)
+        while True:
+            for batch in self._loader(dataset, self.hparams.batch_size, self.mode, sampler):
+                self.skipped.update(batch.get("skipped", {}))
+                positions = [p for p in batch.get("positions", []) if p is not None]
+                if positions:
+                    sampler.consumed(*max(positions))
+                yield batch
+            sampler.set_epoch(sampler.epoch + 1)
 
     def _loader(self, dataset: Dataset, batch_size: int, mode: Mode, sampler: Any = None) -> DataLoader:
         workers = self.hparams.num_workers
@@ -188,11 +213,15 @@ class OneThinkerDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        state = self._sampler.state_dict() if self._sampler is not None else dict(self._pending_state or {})
-        return {"sampler": state, "skipped": dict(self.skipped)}
+        main = self._sampler.state_dict() if self._sampler is not None else dict(self._pending_state or {})
+        extra = self._resample_sampler.state_dict() if self._resample_sampler is not None else dict(self._pending_resample or {})
+        return {"sampler": main, "resample_sampler": extra, "skipped": dict(self.skipped)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending_state = state_dict.get("sampler") or None
+        self._pending_resample = state_dict.get("resample_sampler") or None
         self.skipped = Counter(state_dict.get("skipped", {}))
         if self._sampler is not None and self._pending_state:
             self._sampler.load_state_dict(self._pending_state)
+        if self._resample_sampler is not None and self._pending_resample:
+            self._resample_sampler.load_state_dict(self._pending_resample)
