@@ -9,6 +9,8 @@ import torch
 
 from lightning_modules.backbone import VisionLanguageBackbone
 
+VISION = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+
 
 @dataclass
 class Rollouts:
@@ -28,36 +30,39 @@ class RolloutEngine(Protocol):
     def __call__(self, backbone: VisionLanguageBackbone, prompts: dict[str, Any], rollouts_per_prompt: int) -> Rollouts: ...
 
 
-def _repeat_blocks(items: list[Any], counts: list[int], n: int) -> list[Any]:
-    """Items grouped into consecutive per-row blocks of ``counts``; each block repeated ``n`` times."""
-    out, cursor = [], 0
-    for c in counts:
-        out += items[cursor : cursor + c] * n
-        cursor += c
+def select_rows(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    """The given rows of a batch (repeats allowed), with their images/videos carried along.
+
+    Pixel tensors are flattened over all images (videos) of the batch, so each row's block of
+    patches is located through the grids and the rows' metadata.
+    """
+    index = torch.tensor(rows, dtype=torch.long)
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == len(batch["meta"]) and key not in VISION:
+            out[key] = value[index.to(value.device)]
+    for kind, pixels_key, grid_key in (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw")):
+        grid = batch.get(grid_key)
+        counts = [len(m["media"]) if m["data_type"] == kind else 0 for m in batch["meta"]]
+        if grid is None or not any(counts[r] for r in rows):
+            out[pixels_key] = out[grid_key] = None
+            continue
+        if sum(counts) != grid.shape[0]:
+            raise ValueError(f"{grid_key} has {grid.shape[0]} items but the rows' metadata list {sum(counts)}")
+        starts = [sum(counts[:r]) for r in range(len(counts))]
+        items = [j for r in rows for j in range(starts[r], starts[r] + counts[r])]
+        patches = list(torch.split(batch[pixels_key], grid.prod(dim=-1).tolist()))
+        out[pixels_key] = torch.cat([patches[j] for j in items])
+        out[grid_key] = grid[torch.tensor(items, dtype=torch.long, device=grid.device)]
+        if kind == "video" and batch.get("second_per_grid_ts") is not None:
+            out["second_per_grid_ts"] = batch["second_per_grid_ts"][torch.tensor(items, dtype=torch.long)]
+    out["meta"] = [batch["meta"][r] for r in rows]
     return out
 
 
 def repeat_prompts(prompts: dict[str, Any], n: int) -> dict[str, Any]:
-    """Each prompt row repeated ``n`` times, with its images/videos (flattened patch tensors) repeated too."""
-    out: dict[str, Any] = {}
-    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
-        if prompts.get(key) is not None:
-            out[key] = prompts[key].repeat_interleave(n, dim=0)
-    for kind, pixels_key, grid_key in (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw")):
-        grid = prompts.get(grid_key)
-        if grid is None:
-            out[pixels_key] = out[grid_key] = None
-            continue
-        counts = [len(m["media"]) if m["data_type"] == kind else 0 for m in prompts["meta"]]
-        if sum(counts) != grid.shape[0]:
-            raise ValueError(f"{grid_key} has {grid.shape[0]} items but the rows' metadata list {sum(counts)}")
-        pixels = list(torch.split(prompts[pixels_key], grid.prod(dim=-1).tolist()))
-        out[pixels_key] = torch.cat(_repeat_blocks(pixels, counts, n))
-        out[grid_key] = torch.stack(_repeat_blocks(list(grid), counts, n))
-        if kind == "video" and prompts.get("second_per_grid_ts") is not None:
-            out["second_per_grid_ts"] = torch.stack(_repeat_blocks(list(prompts["second_per_grid_ts"]), counts, n))
-    out["meta"] = [m for m in prompts["meta"] for _ in range(n)]
-    return out
+    """Each prompt row repeated ``n`` times (consecutively), with its images/videos."""
+    return select_rows(prompts, [r for r in range(len(prompts["meta"])) for _ in range(n)])
 
 
 class HFGenerateEngine:
