@@ -149,10 +149,12 @@ def test_dr_grpo_is_centered_only() -> None:
 
 
 def test_zero_variance_and_singleton_groups_get_zero() -> None:
-    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.3], dtype=torch.float32)
-    groups = _ids([0, 0, 0, 1, 1, 2])  # group 0 all equal, group 2 a single rollout
+    # group 0 all equal (0.1 in float64: Σ/3 = 0.10000000000000002, so a naive R − mean would be
+    # −1.4e-17 and, divided by a 1e-6 std, −1.4e-11); group 2 a single rollout
+    rewards = _t([0.1, 0.1, 0.1, 0.0, 1.0, 0.3])
+    groups = _ids([0, 0, 0, 1, 1, 2])
     for adv in (grpo_advantages(rewards, groups), dr_grpo_advantages(rewards, groups)):
-        assert adv.dtype == torch.float32
+        assert adv.dtype == torch.float64
         assert adv[[0, 1, 2, 5]].tolist() == [0.0, 0.0, 0.0, 0.0]
     # group 1 under GRPO: mean .5, unbiased std sqrt(.5) = .7071 → ±0.5/.7071 = ±.7071
     assert grpo_advantages(rewards, groups)[4].item() == pytest.approx(0.5 / math.sqrt(0.5), abs=1e-5)
@@ -170,6 +172,9 @@ def test_integer_rewards_give_float_advantages() -> None:
     adv = dr_grpo_advantages(torch.tensor([0, 1, 1, 1]), _ids([0, 0, 1, 1]))
     assert adv.dtype == torch.float32
     assert adv.tolist() == [-0.5, 0.5, 0.0, 0.0]
+    assert (
+        grpo_advantages(torch.tensor([0.0, 1.0], dtype=torch.bfloat16), _ids([0, 0])).dtype == torch.bfloat16
+    )
 
 
 # ---------------------------------------------------------------------------------------------
