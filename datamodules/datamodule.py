@@ -116,17 +116,21 @@ class OneThinkerDataModule(L.LightningDataModule):
         """Inject the backbone's processor (the data side never builds a model)."""
         self.processor = processor
 
-    def _load(self, manifests: list[str] | None, kind: str) -> list[Record]:
+    def _load(self, manifests: list[str] | None, kind: str | None) -> list[Record]:
+        """Records of the manifests; ``kind=None`` reads each manifest's kind from its first record."""
+        from datamodules.check import detect_kind
+
         records: list[Record] = []
         for path in manifests or []:
-            records += load_records(path, kind, self.hparams.media_root)
+            records += load_records(path, kind or detect_kind(path), self.hparams.media_root)
         return records
 
     def setup(self, stage: str | None = None) -> None:
         kind = RECORD_KIND[self.mode]
         if "train" not in self.records:
             self.records["train"] = self._load(self.hparams.train_manifests, "eval" if kind == "eval" else kind)
-            self.records["val"] = self._load(self.hparams.val_manifests, kind)
+            # RL validation may score evaluation records (held-out answers) as well as RL records.
+            self.records["val"] = self._load(self.hparams.val_manifests, kind if kind == "sft" else None)
             self.records["test"] = self._load(self.hparams.test_manifests, "eval")
 
     def _collator(self, mode: Mode) -> Collator:

@@ -2,8 +2,8 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` go to a LightningCLI driven by the YAML recipes under
 ``experiments/``. ``synth`` writes the synthetic suite, ``data check`` validates a manifest and its
-media, ``export`` turns a checkpoint into a Hugging Face folder, and ``demo`` runs the Quickstart
-demo. The library never imports this module.
+media, ``export`` turns a checkpoint into a Hugging Face folder, ``demo`` runs the Quickstart
+demo and ``ablate`` runs the advantage-estimator ablation. The library never imports this module.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -48,6 +49,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    from experiments.ablate import run_ablation
+
+    advantages = [a.strip() for a in args.advantages.split(",") if a.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if "," in args.seeds else int(args.seeds)
+    result = run_ablation(
+        args.config, advantages, seeds, args.out, list(args.overrides), name=args.name, last_k=args.last_k,
+        skip_done=args.skip_done,
+    )
+    print(f"plot: {result['plot']}\ntable: {result['table']}")
+    print(Path(result["table"]).read_text())
+    if result["failed"]:
+        print(f"failed runs: {', '.join(result['failed'])}")
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onethinker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--sft-steps", type=int, default=None, help="override the demo SFT run's max_steps")
     demo.set_defaults(run=_demo)
+
+    ablate = sub.add_parser(
+        "ablate",
+        help="run a GRPO recipe once per advantage estimator and seed; plot and tabulate per-task rewards",
+        description="Extra `onethinker fit` overrides go after `--`, e.g. `-- --trainer.max_steps=20`.",
+    )
+    ablate.add_argument("--config", action="append", required=True, help="a fit config (repeat, in order)")
+    ablate.add_argument("--advantages", default="grpo,dr_grpo,ema_grpo", help="comma-separated estimators")
+    ablate.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma-separated list")
+    ablate.add_argument("--out", required=True, help="output folder (one sub-folder per run, plot, table)")
+    ablate.add_argument("--name", default=None, help="ablation name / W&B group (default: the --out folder name)")
+    ablate.add_argument("--last-k", type=int, default=5, help="final reward = mean of the last K logged steps")
+    ablate.add_argument("--skip-done", action="store_true", help="keep runs that already finished")
+    ablate.add_argument("overrides", nargs="*", help="`onethinker fit` overrides for every run (after `--`)")
+    ablate.set_defaults(run=_ablate)
 
     export = sub.add_parser("export", help="write a Hugging Face model folder from a training checkpoint")
     export.add_argument("checkpoint", help="a .ckpt written by onethinker fit")

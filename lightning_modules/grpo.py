@@ -219,6 +219,10 @@ class GRPOModule(L.LightningModule):
         size = self.hparams.micro_batch_size
         return [(p, rows[i : i + size]) for p, rows in by_part.items() for i in range(0, len(rows), size)]
 
+    def _max_response_tokens(self, mask: torch.Tensor) -> float:
+        """Dr.GRPO's constant normaliser: the rollout engine's response cap (fixed across micro-batches)."""
+        return float(getattr(self.rollout, "max_new_tokens", mask.shape[1]))
+
     def _logprobs(self, model: VisionLanguageBackbone, mb: dict[str, Any], entropy: bool = False) -> Any:
         return model.token_logprobs(mb, mb["response_mask"].bool(), with_entropy=entropy)
 
@@ -309,7 +313,7 @@ class GRPOModule(L.LightningModule):
                         per_token = per_token - self.hparams.entropy_coef * ent
                     loss = aggregate(
                         per_token, mask, self.hparams.loss_aggregation,
-                        constant_normalizer=float(mask.shape[1]), global_tokens=tokens, global_sequences=seqs,
+                        constant_normalizer=self._max_response_tokens(mask), global_tokens=tokens, global_sequences=seqs,
                     )
                     self.manual_backward(loss * world)
                     update_loss += float(loss.detach())
