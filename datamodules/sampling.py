@@ -98,7 +98,9 @@ class MixedTaskSampler(Sampler[tuple[int, int, int]]):
         self.epoch, self.start = 0, 0
 
     def __len__(self) -> int:
-        return self.samples_per_epoch - self.start if self.start < self.samples_per_epoch else self.samples_per_epoch
+        # Always the whole epoch, even right after a mid-epoch resume: Lightning reads the length once
+        # per run, to size every later epoch and the schedule's ``estimated_stepping_batches``.
+        return self.samples_per_epoch
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:

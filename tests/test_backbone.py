@@ -15,7 +15,12 @@ from datamodules.collate import Collator, build_example
 from datamodules.media import PixelBudget, stage_media
 from datamodules.records import load_records
 from datamodules.synthetic import generate_suite
-from lightning_modules.backbone import LoraSettings, VisionLanguageBackbone, gather_token_logprobs, response_mask
+from lightning_modules.backbone import (
+    LoraSettings,
+    VisionLanguageBackbone,
+    gather_token_logprobs,
+    response_mask,
+)
 from lightning_modules.processing import VISION_TOKENS
 
 FAMILIES = ("qwen3_vl", "qwen2_5_vl")
@@ -57,7 +62,9 @@ def make_batch(backbone: VisionLanguageBackbone, records, kinds: tuple[str, ...]
     return Collator(backbone.processor, mode)(examples(records, backbone.family, kinds))
 
 
-def naive_logprobs(backbone: VisionLanguageBackbone, batch: dict, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def naive_logprobs(
+    backbone: VisionLanguageBackbone, batch: dict, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Full [B, T, vocab] log-softmax over the model's logits, shifted by one, zero off the mask."""
     logits = backbone.hf_model(**backbone.model_inputs(batch), use_cache=False).logits.float() / temperature
     logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
@@ -85,7 +92,9 @@ def vision_ids(backbone: VisionLanguageBackbone) -> list[int]:
 def test_tiny_preset_is_deterministic_per_seed():
     state = torch.random.get_rng_state()
     a = VisionLanguageBackbone("tiny", seed=0).state_dict()
-    assert torch.equal(torch.random.get_rng_state(), state), "building the preset must not move the global RNG"
+    assert torch.equal(torch.random.get_rng_state(), state), (
+        "building the preset must not move the global RNG"
+    )
     b = VisionLanguageBackbone("tiny", seed=0).state_dict()
     c = VisionLanguageBackbone("tiny", seed=1).state_dict()
     assert a.keys() == b.keys() == c.keys()
@@ -102,8 +111,11 @@ def test_both_families_build_with_the_real_tokenizer(family: str):
     tok = bb.tokenizer
     assert len(tok) <= bb.hf_model.config.text_config.vocab_size
     # Token ids in the config are the real tokenizer's.
-    for key, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                       ("vision_start_token_id", "<|vision_start|>")):
+    for key, token in (
+        ("image_token_id", "<|image_pad|>"),
+        ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"),
+    ):
         assert getattr(bb.hf_model.config, key) == tok.convert_tokens_to_ids(token)
 
 
@@ -111,7 +123,11 @@ def test_both_families_build_with_the_real_tokenizer(family: str):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("kinds", [("image", "image"), ("video", "video"), ("image", "video", "text")], ids=["image", "video", "mixed"])
+@pytest.mark.parametrize(
+    "kinds",
+    [("image", "image"), ("video", "video"), ("image", "video", "text")],
+    ids=["image", "video", "mixed"],
+)
 def test_forward_backward_on_image_video_and_mixed_batches(sft_records, family: str, kinds: tuple[str, ...]):
     bb = VisionLanguageBackbone("tiny", family=family)
     bb.set_trainable(True, True)
@@ -178,7 +194,9 @@ def test_token_logprobs_project_only_target_rows_in_chunks(logprob_case):
     bb, batch, mask, _ = logprob_case
     bb.logprob_chunk_size = 6
     rows: list[int] = []
-    handle = bb.hf_model.lm_head.register_forward_hook(lambda m, args, out: rows.append(math.prod(args[0].shape[:-1])))
+    handle = bb.hf_model.lm_head.register_forward_hook(
+        lambda m, args, out: rows.append(math.prod(args[0].shape[:-1]))
+    )
     try:
         bb.token_logprobs(batch, mask).sum().backward()
     finally:
@@ -238,11 +256,16 @@ def test_gather_token_logprobs_never_holds_more_than_a_chunk_of_logits():
     assert len(head.rows) == 2 * math.ceil(n / chunk)  # each chunk recomputed in backward
     assert held <= chunk * vocab
     # The same probe sees the full logits when they are computed naively (the check can fail).
-    assert saved_logits_numel(lambda: torch.log_softmax(head(h), -1)[torch.arange(n), targets], vocab) >= n * vocab
+    assert (
+        saved_logits_numel(lambda: torch.log_softmax(head(h), -1)[torch.arange(n), targets], vocab)
+        >= n * vocab
+    )
 
     with torch.no_grad():
         head.rows.clear()
-        torch.testing.assert_close(gather_token_logprobs(h, head, targets, chunk, 0.8), want.detach(), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            gather_token_logprobs(h, head, targets, chunk, 0.8), want.detach(), atol=1e-6, rtol=1e-6
+        )
         assert max(head.rows) <= chunk
     assert gather_token_logprobs(h[:0], head, targets[:0], chunk_size=chunk).shape == (0,)
 
@@ -278,7 +301,13 @@ class Bias:
     """lm_head forward hook: vision tokens dominate every step; end-of-turn wins for ``end_row`` at ``end_call``."""
 
     def __init__(self, vision: list[int], end_id: int, end_row: int, end_call: int):
-        self.vision, self.end_id, self.end_row, self.end_call, self.calls = vision, end_id, end_row, end_call, 0
+        self.vision, self.end_id, self.end_row, self.end_call, self.calls = (
+            vision,
+            end_id,
+            end_row,
+            end_call,
+            0,
+        )
 
     def __call__(self, module, args, out):
         self.calls += 1
@@ -320,7 +349,11 @@ def test_generate_never_emits_vision_tokens_and_masks_after_end_of_turn(sft_reco
     assert ids[1, 2] == end_id and (ids[1, 3:] == pad_id).all()
     assert mask[1].tolist() == [1, 1, 1, 0, 0, 0]
     for r in range(rows):  # independently: 1 up to and including the first end token
-        ends = [i for i, t in enumerate(ids[r].tolist()) if t in (end_id, tok.convert_tokens_to_ids("<|endoftext|>"))]
+        ends = [
+            i
+            for i, t in enumerate(ids[r].tolist())
+            if t in (end_id, tok.convert_tokens_to_ids("<|endoftext|>"))
+        ]
         stop = ends[0] + 1 if ends else new
         assert mask[r].tolist() == [1] * stop + [0] * (new - stop)
 
@@ -332,7 +365,9 @@ def test_generate_never_emits_vision_tokens_and_masks_after_end_of_turn(sft_reco
     finally:
         handle.remove()
     assert out["response_ids"].shape[0] == 2 * rows
-    assert torch.equal(out["sequences"][:, : batch["input_ids"].shape[1]], batch["input_ids"].repeat_interleave(2, 0))
+    assert torch.equal(
+        out["sequences"][:, : batch["input_ids"].shape[1]], batch["input_ids"].repeat_interleave(2, 0)
+    )
     assert not torch.isin(out["response_ids"], torch.tensor(vision)).any()
 
 
@@ -344,7 +379,9 @@ def names_by_part(bb: VisionLanguageBackbone) -> dict[str, dict[str, bool]]:
     for name, p in bb.hf_model.named_parameters():
         if ".visual." in f".{name}":
             sub = name.split("visual.", 1)[1]
-            parts["projector" if sub.startswith(("merger", "deepstack_merger_list")) else "tower"][name] = p.requires_grad
+            parts["projector" if sub.startswith(("merger", "deepstack_merger_list")) else "tower"][name] = (
+                p.requires_grad
+            )
         else:
             parts["language"][name] = p.requires_grad
     return parts
@@ -421,7 +458,12 @@ def perturb_lora(bb: VisionLanguageBackbone) -> None:
 def reference_logits(model: nn.Module, batch: dict, last: int = 32) -> torch.Tensor:
     """Last hidden states at every position, and the logits of the ``last`` positions (full logits are large)."""
     with torch.no_grad():
-        out = model(**VisionLanguageBackbone.model_inputs(batch), use_cache=False, logits_to_keep=last, output_hidden_states=True)
+        out = model(
+            **VisionLanguageBackbone.model_inputs(batch),
+            use_cache=False,
+            logits_to_keep=last,
+            output_hidden_states=True,
+        )
     return torch.cat([out.hidden_states[-1].flatten(1), out.logits.flatten(1)], dim=1)
 
 
@@ -444,7 +486,9 @@ def test_lora_trains_only_adapters_outside_the_vision_tower(sft_records, family:
     assert with_grad == set(trainable)
     assert any(bb.get_parameter(n).grad.abs().sum() > 0 for n in with_grad if "lora_B" in n)
 
-    vision = VisionLanguageBackbone("tiny", family=family, lora=LoraSettings(r=4, include_vision=True, target_modules=["qkv", "q_proj"]))
+    vision = VisionLanguageBackbone(
+        "tiny", family=family, lora=LoraSettings(r=4, include_vision=True, target_modules=["qkv", "q_proj"])
+    )
     names = [n for n, m in vision.named_modules() if hasattr(m, "lora_A")]
     assert any(".visual." in n for n in names) and any("language_model" in n for n in names)
 
@@ -459,7 +503,9 @@ def test_lora_save_pretrained_merges_adapters(sft_records, family: str, tmp_path
     batch = make_batch(bb, sft_records, ("image", "video", "text"))
     lora_logits = reference_logits(bb.hf_model, batch)
     base = VisionLanguageBackbone("tiny", family=family).eval()
-    assert (reference_logits(base.hf_model, batch) - lora_logits).abs().max() > 1e-2, "the adapters change the model"
+    assert (reference_logits(base.hf_model, batch) - lora_logits).abs().max() > 1e-2, (
+        "the adapters change the model"
+    )
 
     bb.save_pretrained(tmp_path)
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
@@ -490,6 +536,14 @@ def test_export_round_trip_through_from_pretrained(sft_records, family: str, tmp
     processor = AutoProcessor.from_pretrained(tmp_path)
     assert type(processor) is type(bb.processor)
     again = Collator(processor, "sft")(examples(sft_records, family, ("image", "video", "text")))
-    for key in ("input_ids", "attention_mask", "labels", "pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw"):
+    for key in (
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "pixel_values",
+        "pixel_values_videos",
+        "image_grid_thw",
+        "video_grid_thw",
+    ):
         assert torch.equal(again[key], batch[key]), key
     torch.testing.assert_close(reference_logits(model, again), want, atol=1e-5, rtol=1e-5)
