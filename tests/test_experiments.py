@@ -36,19 +36,39 @@ def test_every_yaml_parses(path: Path):
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def suite_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from datamodules.synthetic import generate_suite
 
-    return generate_suite(tmp_path_factory.mktemp("suite"), per_task=1, seed=0)["sft"]
+    return generate_suite(tmp_path_factory.mktemp("suite"), per_task=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def suite(suite_paths: dict[str, Path]) -> Path:
+    return suite_paths["sft"]
+
+
+def recipe_overrides(recipe: Path, paths: dict[str, Path]) -> list[str]:
+    """Point a demo recipe at the test's suite (and the GRPO recipe at a fresh tiny model)."""
+    mode = yaml.safe_load(recipe.read_text())["data"]["mode"]
+    args = [f"--data.train_manifests=[{paths[mode]}]", "--data.num_workers=0"]
+    if mode == "rl":
+        args += [
+            "--model.init_args.backbone.init_args.model_name_or_path=tiny",
+            "--model.init_args.rollout.init_args.max_new_tokens=8",
+            "--model.init_args.rollouts_per_prompt=2",
+            f"--data.val_manifests=[{paths['eval']}]",
+            "--data.batch_size=2",
+        ]
+    return args
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", CPU_RECIPES, ids=lambda p: p.name)
-def test_cpu_recipe_fast_dev_run(recipe: Path, suite: Path, tmp_path: Path):
+def test_cpu_recipe_fast_dev_run(recipe: Path, suite_paths: dict[str, Path], tmp_path: Path):
     result = onethinker(
         "fit", *config_args([*SHARED_CPU, EXPERIMENTS / "shared" / "logger_demo.yaml", recipe]),
         "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-        f"--data.train_manifests=[{suite}]", "--data.num_workers=0",
+        *recipe_overrides(recipe, suite_paths),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -61,7 +81,7 @@ def test_gpu_recipe_is_a_valid_config(recipe: Path, tmp_path: Path):
     result = onethinker("fit", *config_args([*shared, recipe]), "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = yaml.safe_load(result.stdout)
-    assert printed["model"]["init_args"]["backbone"]["init_args"]["model_name_or_path"].startswith("Qwen/")
+    assert printed["model"]["init_args"]["backbone"]["init_args"]["model_name_or_path"] != "tiny"
     assert printed["trainer"]["use_distributed_sampler"] is False
 
 
@@ -115,3 +135,13 @@ def test_export_round_trip_matches_logits(suite: Path, tmp_path: Path):
         expected = trained.hf_model.eval()(**inputs).logits
         got = model(**inputs).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arm", ["grpo", "dr_grpo", "ema_grpo"])
+def test_ablation_arm_differs_only_in_advantage(arm: str, tmp_path: Path):
+    configs = [*SHARED_CPU, EXPERIMENTS / "demo" / "ema_grpo.yaml", EXPERIMENTS / "ablation" / f"{arm}.yaml"]
+    result = onethinker("fit", *config_args(configs), "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = yaml.safe_load(result.stdout)
+    assert printed["model"]["init_args"]["advantage"] == arm
+    assert printed["model"]["init_args"]["rollouts_per_prompt"] == 4  # the rest comes from the demo recipe
