@@ -144,6 +144,8 @@ def build_fit_args(
         f"--model.init_args.advantage={advantage}",
         f"--seed_everything={seed}",
         f"--model.init_args.seed={seed}",
+        # Lightning refuses to log a module and a data module whose shared ``seed`` hparams differ
+        f"--data.seed={seed}",
         f"--trainer.default_root_dir={run_dir}",
         f"--trainer.logger={json.dumps(loggers)}",
     ]
@@ -314,7 +316,7 @@ def markdown_table(
     name: str = "",
     n_seeds: int | None = None,
 ) -> str:
-    """The final-reward table in markdown; the best mean of each task is bold."""
+    """The final-reward table in markdown; the best mean of each task is bold (unless tied)."""
     lines = [
         f"# Ablation{f' `{name}`' if name else ''}: final per-task reward",
         "",
@@ -326,7 +328,8 @@ def markdown_table(
     ]
     for task in _task_order(set(final)):
         cells = final[task]
-        best = max((cells[a]["mean"] for a in advantages if a in cells), default=None)
+        means = [cells[a]["mean"] for a in advantages if a in cells]
+        best = max(means) if len(means) > 1 and means.count(max(means)) == 1 else None  # no bold on ties
         row = []
         for a in advantages:
             if a not in cells:
@@ -336,7 +339,7 @@ def markdown_table(
             text = f"{c['mean']:.3f} ± {c['std']:.3f}"
             if n_seeds is not None and c["n"] < n_seeds:
                 text += f" (n={c['n']})"
-            row.append(f"**{text}**" if len(cells) > 1 and c["mean"] == best else text)
+            row.append(f"**{text}**" if c["mean"] == best else text)
         lines.append(f"| {task} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -378,7 +381,7 @@ def plot_curves(curves: Curves, path: str | Path, advantages: Sequence[str] | No
             steps, mean, lo, hi = seed_band(by_seed)
             color = colors[i % len(colors)]
             label = f"{advantage} (n={len(by_seed)})"
-            ax.plot(steps, mean, color=color, label=label, marker="o" if len(steps) == 1 else None, lw=1.5)
+            ax.plot(steps, mean, color=color, label=label, marker="o" if len(steps) <= 30 else None, ms=3, lw=1.5)
             if len(by_seed) > 1:
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
         ax.set_title(task)
