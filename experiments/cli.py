@@ -37,7 +37,7 @@ def _data_check(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from experiments.demo import run_demo
 
-    run_demo(args.out, per_task=args.per_task, seed=args.seed, sft_steps=args.sft_steps)
+    run_demo(args.out, per_task=args.per_task, seed=args.seed, sft_steps=args.sft_steps, grpo_steps=args.grpo_steps)
     return 0
 
 
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--per-task", type=int, default=4)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--sft-steps", type=int, default=None, help="override the demo SFT run's max_steps")
+    demo.add_argument("--grpo-steps", type=int, default=None, help="override the demo EMA-GRPO run's max_steps")
     demo.set_defaults(run=_demo)
 
     ablate = sub.add_parser(

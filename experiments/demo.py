@@ -1,18 +1,32 @@
-"""The Quickstart demo: synthetic suite → records → media → one collated batch per task."""
+"""The Quickstart demo: the whole recipe on CPU with the tiny Qwen3-VL.
+
+1. the synthetic suite, and one collated batch per task;
+2. SFT (experiments/demo/sft.yaml), then export to a Hugging Face folder;
+3. greedy reward evaluation before RL;
+4. EMA-GRPO (experiments/demo/ema_grpo.yaml);
+5. the same evaluation after RL, and a per-task table of the mean reward before and after.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from datamodules.collate import Collator, build_example
 from datamodules.media import stage_media
+from datamodules.prompts import build_prompt
 from datamodules.records import load_records
 from datamodules.synthetic import generate_suite
 from lightning_modules.processing import build_processor
 
+CONFIGS = Path(__file__).resolve().parent
+SHARED = [CONFIGS / "shared" / "trainer_cpu.yaml", CONFIGS / "shared" / "logger_demo.yaml"]
 
-def _row(task: str, batch: dict, tokenizer) -> str:
+
+def _row(task: str, batch: dict, tokenizer: Any) -> str:
     ids = batch["input_ids"]
     image_id, video_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
     pixels = batch["pixel_values"] if batch["pixel_values"] is not None else batch["pixel_values_videos"]
@@ -26,44 +40,8 @@ def _row(task: str, batch: dict, tokenizer) -> str:
     )
 
 
-CONFIGS = Path(__file__).resolve().parent
-
-
-def _overrides(out: Path, sft_manifest: Path, max_steps: int | None) -> Path:
-    """A last ``--config`` that points the demo recipe's data, logs and checkpoints at ``out``."""
-    import yaml
-
-    logger = yaml.safe_load((CONFIGS / "shared" / "logger_demo.yaml").read_text())["trainer"]["logger"]
-    for entry in logger:
-        entry["init_args"]["save_dir"] = str(out)
-    callbacks = yaml.safe_load((CONFIGS / "demo" / "sft.yaml").read_text())["trainer"]["callbacks"]
-    for entry in callbacks:
-        if entry["class_path"].endswith("ModelCheckpoint"):
-            entry["init_args"]["dirpath"] = str(out / "checkpoints")
-    trainer = {"default_root_dir": str(out), "logger": logger, "callbacks": callbacks}
-    if max_steps is not None:
-        trainer["max_steps"] = max_steps
-    path = out / "demo_overrides.yaml"
-    path.write_text(yaml.safe_dump({"trainer": trainer, "data": {"train_manifests": [str(sft_manifest)]}}))
-    return path
-
-
-def run_sft_demo(out: Path, sft_manifest: Path, max_steps: int | None = None) -> None:
-    """The demo SFT stage: the recipe experiments/demo/sft.yaml through the LightningCLI."""
-    from experiments.lightning_cli import run_lightning_cli
-
-    configs = [CONFIGS / "shared" / "trainer_cpu.yaml", CONFIGS / "shared" / "logger_demo.yaml", CONFIGS / "demo" / "sft.yaml"]
-    args = ["fit"]
-    for c in [*configs, _overrides(out, sft_manifest, max_steps)]:
-        args += ["--config", str(c)]
-    print("\n== SFT demo: onethinker " + " ".join(args) + " ==")
-    run_lightning_cli(args)
-
-
-def run_demo(out: str | Path, per_task: int = 4, seed: int = 0, sft_steps: int | None = None) -> None:
-    """Write the suite, collate one RL and one SFT batch per task, then run the demo SFT stage."""
-    out = Path(out)
-    paths = generate_suite(out / "synthetic", per_task=per_task, seed=seed)
+def show_batches(paths: dict[str, Path]) -> None:
+    """One collated RL and SFT batch per task, through the offline Qwen3-VL processor."""
     processor = build_processor("qwen3_vl")
     header = f"{'task':<34} {'rows':>4} {'tokens':>6} {'img tok':>7} {'vid tok':>7} {'pixel values':>14} {'grid (t,h,w)':>14} {'labelled':>8}"
     for mode in ("rl", "sft"):
@@ -71,17 +49,108 @@ def run_demo(out: str | Path, per_task: int = 4, seed: int = 0, sft_steps: int |
         by_task = defaultdict(list)
         for r in records:
             by_task[f"{r.problem_type}/{r.data_type}"].append(r)
-        media = stage_media(mode)
         collate = Collator(processor, mode)
         print(f"\n== {mode.upper()} batches ({len(records)} records from {paths[mode]}) ==")
         print(header)
         for task, rows in by_task.items():
-            batch = collate([build_example(r, mode, media) for r in rows])
-            print(_row(task, batch, processor.tokenizer))
+            print(_row(task, collate([build_example(r, mode, stage_media(mode)) for r in rows]), processor.tokenizer))
     first = load_records(paths["rl"], "rl")[0]
     print(f"\nExample prompt ({first.problem_type}/{first.data_type}, problem_id={first.problem_id}):")
-    from datamodules.prompts import build_prompt
-
     print(build_prompt(first))
     print(f"answer: {first.answer}")
-    run_sft_demo(out, paths["sft"], sft_steps)
+
+
+def _overrides(out: Path, recipe: Path, name: str, data: dict[str, Any], trainer: dict[str, Any]) -> Path:
+    """A last ``--config`` that points a demo recipe's data, logs and checkpoints at ``out``."""
+    logger = yaml.safe_load(SHARED[1].read_text())["trainer"]["logger"]
+    for entry in logger:
+        entry["init_args"]["save_dir"] = str(out)
+        if entry["class_path"].endswith("WandbLogger"):
+            entry["init_args"]["name"] = f"demo-{name}"
+            entry["init_args"]["tags"] = ["demo", name, "tiny"]
+        else:
+            entry["init_args"]["name"] = f"csv-{name}"
+    callbacks = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"]
+    for entry in callbacks:
+        if entry["class_path"].endswith("ModelCheckpoint"):
+            entry["init_args"]["dirpath"] = str(out / f"{name}_checkpoints")
+    path = out / f"demo_{name}_overrides.yaml"
+    config = {"trainer": {"default_root_dir": str(out), "logger": logger, "callbacks": callbacks, **trainer}, "data": data}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _cli(command: str, recipe: Path, override: Path, extra: list[str] = ()) -> Any:
+    from experiments.lightning_cli import run_lightning_cli
+
+    args = [command]
+    for c in [*SHARED, recipe, override]:
+        args += ["--config", str(c)]
+    args += list(extra)
+    print(f"\n== onethinker {' '.join(args)} ==", flush=True)
+    return run_lightning_cli(args)
+
+
+def run_sft_demo(out: Path, paths: dict[str, Path], max_steps: int | None = None) -> Path:
+    """SFT on the suite, then export; returns the exported Hugging Face folder."""
+    from experiments.export import export_checkpoint
+
+    recipe = CONFIGS / "demo" / "sft.yaml"
+    trainer = {"max_steps": max_steps} if max_steps is not None else {}
+    _cli("fit", recipe, _overrides(out, recipe, "sft", {"train_manifests": [str(paths["sft"])]}, trainer))
+    hf = export_checkpoint(out / "sft_checkpoints" / "last.ckpt", out / "sft_hf")
+    print(f"[demo] exported the SFT model to {hf}")
+    return hf
+
+
+def evaluate_rewards(out: Path, paths: dict[str, Path], model: Path, name: str, ckpt: Path | None = None) -> dict[str, float]:
+    """Greedy rewards on the held-out evaluation manifest (``val/reward/...``)."""
+    recipe = CONFIGS / "demo" / "ema_grpo.yaml"
+    data = {"train_manifests": [str(paths["rl"])], "val_manifests": [str(paths["eval"])]}
+    extra = [f"--model.init_args.backbone.init_args.model_name_or_path={model}", "--trainer.limit_val_batches=1.0"]
+    if ckpt is not None:
+        extra.append(f"--ckpt_path={ckpt}")
+    cli = _cli("validate", recipe, _overrides(out, recipe, name, data, {}), extra)
+    return {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/reward/")}
+
+
+def run_grpo_demo(out: Path, paths: dict[str, Path], model: Path, max_steps: int | None = None) -> Path:
+    """EMA-GRPO from the exported SFT model; returns the last checkpoint."""
+    recipe = CONFIGS / "demo" / "ema_grpo.yaml"
+    data = {"train_manifests": [str(paths["rl"])], "val_manifests": [str(paths["eval"])]}
+    trainer = {"max_steps": max_steps} if max_steps is not None else {}
+    extra = [f"--model.init_args.backbone.init_args.model_name_or_path={model}"]
+    _cli("fit", recipe, _overrides(out, recipe, "grpo", data, trainer), extra)
+    return out / "grpo_checkpoints" / "last.ckpt"
+
+
+def reward_table(before: dict[str, float], after: dict[str, float], field: str = "overall") -> str:
+    """Markdown table of the mean ``field`` reward per task key before and after RL."""
+    prefix = f"val/reward/{field}/"
+    keys = sorted(k[len(prefix) :] for k in before if k.startswith(prefix))
+    lines = [f"| task | {field} before RL | {field} after RL | change |", "|---|---:|---:|---:|"]
+    for key in keys:
+        b, a = before[prefix + key], after.get(prefix + key, float("nan"))
+        lines.append(f"| {key} | {b:.3f} | {a:.3f} | {a - b:+.3f} |")
+    total_b, total_a = before.get(f"val/reward/{field}", float("nan")), after.get(f"val/reward/{field}", float("nan"))
+    lines.append(f"| **all** | **{total_b:.3f}** | **{total_a:.3f}** | **{total_a - total_b:+.3f}** |")
+    return "\n".join(lines)
+
+
+def run_demo(
+    out: str | Path, per_task: int = 4, seed: int = 0, sft_steps: int | None = None, grpo_steps: int | None = None
+) -> dict[str, dict[str, float]]:
+    """The whole recipe; prints and returns the rewards before and after RL."""
+    out = Path(out)
+    paths = generate_suite(out / "synthetic", per_task=per_task, seed=seed)
+    show_batches(paths)
+    model = run_sft_demo(out, paths, sft_steps)
+    before = evaluate_rewards(out, paths, model, "eval_before")
+    last = run_grpo_demo(out, paths, model, grpo_steps)
+    after = evaluate_rewards(out, paths, model, "eval_after", ckpt=last)
+    table = reward_table(before, after)
+    (out / "rewards_before_after.md").write_text(table + "\n")
+    print("\n== Mean greedy reward on the held-out synthetic evaluation set, before and after EMA-GRPO ==")
+    print(table)
+    print(f"\n[demo] logs, checkpoints and this table are under {out}")
+    return {"before": before, "after": after}
