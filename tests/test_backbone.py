@@ -125,7 +125,7 @@ def test_both_families_build_with_the_real_tokenizer(family: str):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(
     "kinds",
-    [("image", "image"), ("video", "video"), ("image", "video", "text")],
+    [("image",), ("video",), ("image", "video", "text")],
     ids=["image", "video", "mixed"],
 )
 def test_forward_backward_on_image_video_and_mixed_batches(sft_records, family: str, kinds: tuple[str, ...]):
@@ -171,15 +171,26 @@ def test_token_logprobs_match_naive_log_softmax(logprob_case, chunk: int, temper
     bb, batch, mask, weights = logprob_case
     bb.logprob_chunk_size = chunk
     params = [p for p in bb.parameters() if p.requires_grad]
+    rows: list[int] = []  # rows of hidden states each lm_head call projects
+    handle = bb.hf_model.lm_head.register_forward_hook(
+        lambda m, args, out: rows.append(math.prod(args[0].shape[:-1]))
+    )
+    try:
+        got = bb.token_logprobs(batch, mask, temperature=temperature)
+        g_got = torch.autograd.grad((got * weights).sum(), params, allow_unused=True)
+    finally:
+        handle.remove()
+    targets = int(mask[:, 1:].sum())
+    assert max(rows) <= chunk
+    # Forward, then the checkpointed recomputation in backward: no other position is ever projected.
+    assert sum(rows) == 2 * targets
 
-    got = bb.token_logprobs(batch, mask, temperature=temperature)
     want = naive_logprobs(bb, batch, mask, temperature)
     assert got.dtype == torch.float32 and got.shape == batch["input_ids"].shape
     assert (got[~mask] == 0).all() and (got[:, 0] == 0).all()
-    assert (got[mask[:, 1:].nonzero(as_tuple=True)[0], mask[:, 1:].nonzero(as_tuple=True)[1] + 1] < 0).all()
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (got[:, 1:][mask[:, 1:]] < 0).all()
+    torch.testing.assert_close(got.detach(), want.detach(), atol=1e-5, rtol=1e-5)
 
-    g_got = torch.autograd.grad((got * weights).sum(), params, allow_unused=True)
     g_want = torch.autograd.grad((want * weights).sum(), params, allow_unused=True)
     compared = 0
     for a, b in zip(g_got, g_want):
@@ -188,23 +199,6 @@ def test_token_logprobs_match_naive_log_softmax(logprob_case, chunk: int, temper
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
             compared += 1
     assert compared > len(params) // 2
-
-
-def test_token_logprobs_project_only_target_rows_in_chunks(logprob_case):
-    bb, batch, mask, _ = logprob_case
-    bb.logprob_chunk_size = 6
-    rows: list[int] = []
-    handle = bb.hf_model.lm_head.register_forward_hook(
-        lambda m, args, out: rows.append(math.prod(args[0].shape[:-1]))
-    )
-    try:
-        bb.token_logprobs(batch, mask).sum().backward()
-    finally:
-        handle.remove()
-    targets = int(mask[:, 1:].sum())
-    assert max(rows) <= 6
-    # Forward, then the checkpointed recomputation in backward: no other position is ever projected.
-    assert sum(rows) == 2 * targets
 
 
 class RecordingHead(nn.Linear):
@@ -429,7 +423,7 @@ def counted(fn, calls: dict[str, int], key: str):
 def test_gradient_checkpointing_matches_plain_backward(sft_records, family: str):
     plain = VisionLanguageBackbone("tiny", family=family, freeze_projector=False)
     ckpt = VisionLanguageBackbone("tiny", family=family, freeze_projector=False, gradient_checkpointing=True)
-    batch = make_batch(plain, sft_records, ("image", "video"))
+    batch = make_batch(plain, sft_records, ("image", "text"))
     calls = {"plain": 0, "ckpt": 0}
     for key, bb in (("plain", plain), ("ckpt", ckpt)):
         mlp = bb.hf_model.model.language_model.layers[0].mlp  # inside the checkpointed layer
@@ -478,7 +472,7 @@ def test_lora_trains_only_adapters_outside_the_vision_tower(sft_records, family:
     layers = bb.hf_model.config.text_config.num_hidden_layers
     assert len(lora_modules) == layers * len(LoraSettings().target_modules)
 
-    batch = make_batch(bb, sft_records, ("image", "video", "text"))
+    batch = make_batch(bb, sft_records, ("image", "text"))
     bb.train()
     mask = batch["labels"] != -100
     (-(bb.token_logprobs(batch, mask).sum() / mask.sum())).backward()
@@ -493,8 +487,8 @@ def test_lora_trains_only_adapters_outside_the_vision_tower(sft_records, family:
     assert any(".visual." in n for n in names) and any("language_model" in n for n in names)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_lora_save_pretrained_merges_adapters(sft_records, family: str, tmp_path: Path):
+def test_lora_save_pretrained_merges_adapters(sft_records, tmp_path: Path):
+    family = "qwen3_vl"  # merging is peft's, the same for both families; export covers both
     from transformers import AutoModelForImageTextToText
 
     bb = VisionLanguageBackbone("tiny", family=family, lora=LoraSettings(r=4, alpha=8))
