@@ -162,6 +162,7 @@ class VisionLanguageBackbone(nn.Module):
             model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=DTYPES[dtype], attn_implementation=attn)
             processor = AutoProcessor.from_pretrained(model_name_or_path)
             family = model_family(model.config.model_type)
+        model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
         self.family, self.processor = family, processor
         self.suppressed_token_ids = vision_token_ids(processor.tokenizer)
         self.set_trainable(not freeze_vision_tower, not freeze_projector, model)
