@@ -139,7 +139,11 @@ class GRPOModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         records = getattr(dm, "records", {}).get("train", []) if dm is not None else []
         rewards.check_tasks(sorted({(r.problem_type, r.data_type) for r in records}))
-        if self.hparams.kl_coef > 0 and self.reference is None:
+
+    def setup(self, stage: str) -> None:
+        # Built here, before Lightning restores a checkpoint, so that a resumed run loads the saved
+        # reference (the initial policy) instead of failing on its keys or copying the resumed policy.
+        if stage == "fit" and self.hparams.kl_coef > 0 and self.reference is None:
             self.reference = copy.deepcopy(self.backbone).eval().requires_grad_(False)
 
     def configure_optimizers(self) -> Any:
@@ -204,7 +208,10 @@ class GRPOModule(L.LightningModule):
             return None
         if self._resample_iter is None:
             self._resample_iter = dm.resample_batches()
-        batch = next(self._resample_iter)
+        # Starting a DataLoader iterator draws from the global RNG; a resumed run starts this one at
+        # a different step than the uninterrupted run, so keep it off the seeded rollout stream.
+        with torch.random.fork_rng(devices=[]):
+            batch = next(self._resample_iter)
         if not batch.get("meta"):
             return None
         return self.trainer.strategy.batch_to_device(batch)
@@ -271,19 +278,21 @@ class GRPOModule(L.LightningModule):
             return mb
 
         all_groups = list(range(len(group_rows)))
-        old: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
-        ref: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        # per row (part, row): update micro-batches need not match these micro-batches
+        old: dict[tuple[int, int], torch.Tensor] = {}
+        ref: dict[tuple[int, int], torch.Tensor] = {}
         entropy_sum, entropy_tokens = 0.0, 0
         with torch.no_grad():
             for pi, rows in self._micro_batches(parts, all_groups, group_rows):
                 mb = part_batch(pi, rows)
                 lp, ent = self._logprobs(self.backbone, mb, entropy=True)
-                old[(pi, tuple(rows))] = lp
+                old.update({(pi, r): lp[j] for j, r in enumerate(rows)})
                 mask = mb["response_mask"].bool()
                 entropy_sum += float(ent[mask].sum())
                 entropy_tokens += int(mask.sum())
                 if self.reference is not None:
-                    ref[(pi, tuple(rows))] = self._logprobs(self.reference, mb)
+                    ref_lp = self._logprobs(self.reference, mb)
+                    ref.update({(pi, r): ref_lp[j] for j, r in enumerate(rows)})
 
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
@@ -302,13 +311,13 @@ class GRPOModule(L.LightningModule):
                     out = self._logprobs(self.backbone, mb, entropy=want_entropy)
                     lp, ent = out if want_entropy else (out, None)
                     per_token, st = policy_loss(
-                        lp, old[(pi, tuple(rows))], mb["advantages"], mask,
+                        lp, torch.stack([old[(pi, r)] for r in rows]), mb["advantages"], mask,
                         self.hparams.clip_low, self.hparams.clip_high, self.hparams.dual_clip,
                     )
                     if self.reference is not None:
-                        kl = kl_penalty(lp, ref[(pi, tuple(rows))], self.hparams.kl_estimator)
+                        kl = kl_penalty(lp, torch.stack([ref[(pi, r)] for r in rows]), self.hparams.kl_estimator)
                         per_token = per_token + self.hparams.kl_coef * kl
-                        kl_log.append(float((kl * mask).sum() / mask.sum().clamp_min(1)))
+                        kl_log.append(float((kl.detach() * mask).sum() / mask.sum().clamp_min(1)))
                     if ent is not None:
                         per_token = per_token - self.hparams.entropy_coef * ent
                     loss = aggregate(
