@@ -300,10 +300,11 @@ def test_grpo_learns_to_answer_b(letter_prior, advantage: str):
     msg = f"{advantage}: P(letters) {before.tolist()} -> {after.tolist()}; sampled reward {reward_before:.3f} -> " \
           f"{reward_after:.3f}; train rewards {[round(r, 2) for r in train_rewards]}"
     print(msg)
-    assert after[1] > before[1] + 0.25, msg
+    # (with lr=0 every one of these fails: P(B) and the sampled reward stay put)
+    assert after[1] > before[1] + 0.4, msg
     assert after[1] > 5 * after[[0, 2, 3]].max(), msg
-    assert reward_after > reward_before + 0.15, msg
-    assert max(train_rewards) > 0 and max(logged["train/advantage_abs_mean"]) > 0, msg
+    assert reward_after > reward_before + 0.25, msg
+    assert np.mean(train_rewards[-2:]) > np.mean(train_rewards[:2]) + 0.1, msg
 
 
 # --------------------------------------------------------------------------- filtering, resume
