@@ -1,0 +1,387 @@
+"""GRPO step benchmark: s/step, generated tokens/s and peak RSS of `GRPOModule` against TRL's `GRPOTrainer`.
+
+One RL step = rollout (sampling ``G`` responses of at most ``L`` new tokens for each of ``P`` prompts),
+reward (``rewards.score``, overall, on every response) and the update (old log-probs, then
+``updates`` optimizer steps over the step's rollouts). Both sides train the same tiny Qwen3-VL
+(`VisionLanguageBackbone("tiny")`, same seed, vision tower and projector frozen) on the same prompts
+in the same order, on CPU:
+
+- ours: a Lightning ``Trainer`` fitting `GRPOModule` (``HFGenerateEngine``, ``advantage="grpo"``,
+  online filter off, token-mean loss, clip 0.2 / 0.3, no dual clip, no KL);
+- peer: ``trl.GRPOTrainer`` (``loss_type="dapo"`` = token-mean over the accumulated batch,
+  ``scale_rewards="group"``, epsilon 0.2 / 0.3, ``beta=0``), with
+  ``steps_per_generation * num_iterations / gradient_accumulation_steps == updates``.
+
+Both use AdamW (lr 1e-6, no weight decay, constant), gradient-norm clip 1.0, temperature 1,
+top-p 1, no top-k. Prompts are the synthetic suite's RL rows as text only (the media placeholder
+dropped, no pixels), built with `datamodules.prompts.build_prompt`, so both sides tokenise the same
+chat. Each side runs in a fresh subprocess (this script with ``--side``), so peak RSS is its own.
+Timing runs from the end of the warm-up step(s) to the end of the last step.
+
+    python benchmarks/bench_grpo_step.py                      # P=4, G=4, L=16, 2 updates, 1 + 2 steps
+    python benchmarks/bench_grpo_step.py --prompts 8 --group 8 --max-new-tokens 128 --updates 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULT_PREFIX = "BENCH_GRPO_RESULT "
+LR = 1e-6
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def load_prompts(suite: Path, n: int) -> list[Any]:
+    """The first ``n`` RL records of the suite (cycled if there are fewer)."""
+    from datamodules.records import load_records
+
+    records = load_records(suite / "rl.json", "rl")
+    return [records[i % len(records)] for i in range(n)]
+
+
+def prompt_text(record: Any) -> str:
+    """The released user turn with the media placeholder dropped (text-only prompt)."""
+    from datamodules.prompts import build_prompt
+
+    return build_prompt(record).replace("<image>", "").replace("<video>", "")
+
+
+def chat(record: Any) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "text", "text": prompt_text(record)}]}]
+
+
+def score_overall(response: str, answer: str, problem_type: str, data_type: str, problem_id: Any) -> float:
+    import rewards
+
+    return rewards.score(response, answer, problem_type, data_type, problem_id=problem_id).overall
+
+
+# --------------------------------------------------------------------------- sides (each in its own process)
+
+
+def summarise(side: str, ends: list[float], tokens: list[int], warmup: int, rss_before: float, settings: dict) -> dict:
+    seconds = ends[-1] - ends[warmup - 1]
+    counted = sum(tokens[warmup:])
+    timed = len(ends) - warmup
+    return {
+        "side": side,
+        "steps": len(ends),
+        "timed_steps": timed,
+        "seconds": seconds,
+        "s_per_step": seconds / timed,
+        "step_seconds": [b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:])],
+        "generated_tokens": counted,
+        "generated_tokens_per_step": tokens,
+        "tokens_per_s": counted / seconds,
+        "rss_before_mib": rss_before,
+        "peak_rss_mib": peak_rss_mib(),
+        "threads": torch.get_num_threads(),
+        "settings": settings,
+    }
+
+
+def run_ours(args: argparse.Namespace) -> dict:
+    import lightning as L
+
+    from datamodules.collate import Collator, Example
+    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.grpo import GRPOModule
+    from lightning_modules.rollout import HFGenerateEngine
+
+    P, G, steps = args.prompts, args.group, args.steps
+    records = load_prompts(args.suite, P * steps)
+    backbone = VisionLanguageBackbone("tiny", seed=args.seed)
+    collate = Collator(backbone.processor, "rl")
+    batches = [collate([Example(r, chat(r)) for r in records[i : i + P]]) for i in range(0, P * steps, P)]
+    if P % args.updates:
+        raise SystemExit(f"--prompts ({P}) must be a multiple of --updates ({args.updates})")
+    settings = {
+        "rollouts_per_prompt": G,
+        "prompts_per_step": P,
+        "prompts_per_update": P // args.updates,
+        "micro_batch_size": args.micro_batch,
+        "ppo_epochs": 1,
+        "max_new_tokens": args.max_new_tokens,
+        "advantage": "grpo",
+        "filter_groups": False,
+        "loss_aggregation": "token-mean",
+        "clip": [0.2, 0.3],
+        "dual_clip": None,
+        "kl_coef": 0.0,
+        "optimizer": f"AdamW lr {LR} wd 0",
+        "grad_clip": 1.0,
+        "prompt_tokens_per_step": [int(b["attention_mask"].sum()) for b in batches],
+    }
+    module = GRPOModule(
+        backbone,
+        rollout=HFGenerateEngine(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens),
+        rollouts_per_prompt=G,
+        advantage="grpo",
+        filter_groups=False,
+        prompts_per_update=P // args.updates,
+        ppo_epochs=1,
+        micro_batch_size=args.micro_batch,
+        dual_clip=None,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.0),
+        seed=args.seed,
+    )
+
+    class Clock(L.Callback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.tokens: list[int] = []
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            self.ends.append(time.perf_counter())
+            self.tokens.append(sum(p.rollouts.generated_tokens for p in pl_module.last_rollouts["parts"]))
+
+    clock = Clock()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+    )
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+    rss_before = rss_mib()
+    trainer.fit(module, loader)
+    settings["optimizer_steps"] = trainer.global_step
+    return summarise("ours", clock.ends, clock.tokens, args.warmup, rss_before, settings)
+
+
+def run_trl(args: argparse.Namespace, work: Path) -> dict:
+    import trl
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lightning_modules.backbone import VisionLanguageBackbone
+
+    P, G, steps = args.prompts, args.group, args.steps
+    records = load_prompts(args.suite, P * steps)
+    backbone = VisionLanguageBackbone("tiny", seed=args.seed)
+    dataset = Dataset.from_list(
+        [
+            {
+                "prompt": chat(r),
+                "answer": r.target,
+                "problem_type": r.problem_type,
+                "data_type": r.data_type,
+                "problem_id": str(r.problem_id),
+            }
+            for r in records
+        ]
+    )
+    tokens: list[int] = []
+
+    def overall(completions: list, answer: list, problem_type: list, data_type: list, problem_id: list,
+                completion_ids: list, **_: Any) -> list[float]:
+        tokens.append(sum(len(ids) for ids in completion_ids))
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [score_overall(*row) for row in zip(texts, answer, problem_type, data_type, problem_id)]
+
+    # rollout rows per micro-batch = per_device_train_batch_size; rows per generation = P * G;
+    # optimizer updates per generation = steps_per_generation * num_iterations / gradient_accumulation_steps
+    rows = P * G
+    micro = args.micro_batch
+    accumulation = rows // (args.updates * micro)
+    if accumulation * args.updates * micro != rows:
+        raise SystemExit("P * G must be a multiple of updates * micro-batch")
+    config = GRPOConfig(
+        output_dir=str(work / "trl"),
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10_000,
+        disable_tqdm=True,
+        seed=args.seed,
+        data_seed=args.seed,
+        learning_rate=LR,
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        num_generations=G,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=rows // micro,
+        num_iterations=1,
+        max_steps=steps * args.updates,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.3,
+        loss_type="dapo",
+        scale_rewards="group",
+        shuffle_dataset=False,
+        log_completions=False,
+        dataloader_num_workers=0,
+        bf16=False,
+        gradient_checkpointing=False,  # TRL's default is on; ours does not checkpoint the backbone
+    )
+    settings = {
+        "trl": trl.__version__,
+        "num_generations": G,
+        "prompts_per_step": P,
+        "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": accumulation,
+        "steps_per_generation": config.steps_per_generation,
+        "generation_batch_size": config.generation_batch_size,
+        "num_iterations": 1,
+        "updates_per_generation": config.steps_per_generation // accumulation,
+        "max_completion_length": args.max_new_tokens,
+        "loss_type": "dapo",
+        "scale_rewards": "group",
+        "epsilon": [0.2, 0.3],
+        "beta": 0.0,
+        "optimizer": f"adamw_torch lr {LR} wd 0",
+        "max_grad_norm": 1.0,
+        "gradient_checkpointing": False,
+    }
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_step_end(self, a: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step % args.updates == 0:  # the last update of an RL step
+                self.ends.append(time.perf_counter())
+
+    clock = Clock()
+    trainer = GRPOTrainer(
+        model=backbone.hf_model,
+        reward_funcs=overall,
+        args=config,
+        train_dataset=dataset,
+        processing_class=backbone.processor,
+        callbacks=[clock],
+    )
+    rss_before = rss_mib()
+    trainer.train()
+    settings["optimizer_steps"] = trainer.state.global_step
+    return summarise("trl", clock.ends, tokens, args.warmup, rss_before, settings)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def spawn(side: str, args: argparse.Namespace, suite: Path) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--suite", str(suite)]
+    for flag in ("prompts", "group", "max_new_tokens", "updates", "micro_batch", "steps", "warmup", "seed", "threads"):
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX) :])
+            result["process_seconds"] = time.perf_counter() - started
+            return result
+    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+    raise SystemExit(f"side {side!r} failed (exit {proc.returncode})")
+
+
+def run_side(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_ours(args) if args.side == "ours" else run_trl(args, Path(tmp))
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=4, help="prompts per RL step (P)")
+    ap.add_argument("--group", type=int, default=4, help="responses per prompt (G)")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="response cap (L)")
+    ap.add_argument("--updates", type=int, default=2, help="optimizer updates per RL step")
+    ap.add_argument("--micro-batch", type=int, default=4, help="rollout rows per forward/backward")
+    ap.add_argument("--steps", type=int, default=3, help="RL steps per side, warm-up included")
+    ap.add_argument("--warmup", type=int, default=1, help="RL steps left out of the timing")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per side (0: torch's default)")
+    ap.add_argument("--repeats", type=int, default=1, help="fresh processes per side, alternating order")
+    ap.add_argument("--side", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    ap.add_argument("--suite", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.steps <= args.warmup:
+        ap.error("--steps must exceed --warmup")
+    if args.side:
+        run_side(args)
+        return
+
+    from datamodules.synthetic import SYNTHETIC_TASKS, generate_suite
+
+    with tempfile.TemporaryDirectory() as tmp:
+        suite = Path(tmp) / "suite"
+        generate_suite(suite, max(1, math.ceil(args.prompts * args.steps / len(SYNTHETIC_TASKS))), args.seed)
+        results: dict[str, list[dict]] = {"ours": [], "trl": []}
+        for i in range(args.repeats):
+            for side in ("ours", "trl") if i % 2 == 0 else ("trl", "ours"):
+                r = spawn(side, args, suite)
+                results[side].append(r)
+                print(
+                    f"[{side}] {r['s_per_step']:.2f} s/step ({', '.join(f'{s:.2f}' for s in r['step_seconds'])}), "
+                    f"{r['tokens_per_s']:.1f} generated tokens/s, tokens/step {r['generated_tokens_per_step']}, "
+                    f"peak RSS {r['peak_rss_mib']:.0f} MiB (before fit {r['rss_before_mib']:.0f}), "
+                    f"process {r['process_seconds']:.0f} s",
+                    flush=True,
+                )
+    for side in ("ours", "trl"):
+        print(f"{side} settings: {json.dumps(results[side][0]['settings'])}")
+
+    def median(side: str, key: str) -> float:
+        values = sorted(r[key] for r in results[side])
+        return values[len(values) // 2]
+
+    print(f"\nP={args.prompts} prompts x G={args.group}, L={args.max_new_tokens}, {args.updates} updates/step, "
+          f"micro-batch {args.micro_batch}, {args.steps - args.warmup} timed steps after {args.warmup} warm-up, "
+          f"threads {results['ours'][0]['threads']}, median of {args.repeats}")
+    print("| side | s/step | generated tokens/s | peak RSS (MiB) |")
+    print("|---|---:|---:|---:|")
+    for side in ("ours", "trl"):
+        print(f"| {side} | {median(side, 's_per_step'):.2f} | {median(side, 'tokens_per_s'):.1f} | "
+              f"{median(side, 'peak_rss_mib'):.0f} |")
+    speed = median("trl", "s_per_step") / median("ours", "s_per_step")
+    memory = median("ours", "peak_rss_mib") / median("trl", "peak_rss_mib")
+    print(f"ours / TRL: {speed:.2f}x faster per step (target > 1: {'met' if speed > 1 else 'NOT met'}); "
+          f"peak RSS {memory:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
