@@ -60,6 +60,19 @@ def resolve_attention(attn_implementation: str) -> str:
     return "sdpa"
 
 
+def _vocab_args(tokenizer: Any, tiny_vocab: str) -> dict[str, Any]:
+    """Vocabulary size and vision token ids of the tiny preset for ``tokenizer``."""
+    if tiny_vocab == "qwen":
+        return {}
+    names = {
+        "image_token_id": "<|image_pad|>",
+        "video_token_id": "<|video_pad|>",
+        "vision_start_token_id": "<|vision_start|>",
+        "vision_end_token_id": "<|vision_end|>",
+    }
+    return {"vocab_size": len(tokenizer), "token_ids": {k: tokenizer.convert_tokens_to_ids(v) for k, v in names.items()}}
+
+
 def model_family(model_type: str) -> str:
     """``qwen3_vl`` (dense and MoE) or ``qwen2_5_vl`` from a config's ``model_type``."""
     if model_type.startswith("qwen3_vl"):
@@ -124,6 +137,10 @@ class VisionLanguageBackbone(nn.Module):
         lora: LoRA settings; ``None`` trains the full model.
         seed: initialisation seed of the ``tiny`` preset.
         logprob_chunk_size: rows of logits computed at once by `token_logprobs`.
+        tiny_hidden: hidden size of the ``tiny`` preset's language model.
+        tiny_layers: decoder layers of the ``tiny`` preset.
+        tiny_vocab: ``qwen`` (the real 151k tokenizer) or ``synthetic`` (a 1k byte-level BPE trained on
+            the synthetic suite, with the Qwen special tokens: lets the CPU demo learn in minutes).
     """
 
     def __init__(
@@ -138,6 +155,9 @@ class VisionLanguageBackbone(nn.Module):
         lora: LoraSettings | None = None,
         seed: int = 0,
         logprob_chunk_size: int = 1024,
+        tiny_hidden: int = 64,
+        tiny_layers: int = 2,
+        tiny_vocab: Literal["qwen", "synthetic"] = "qwen",
     ):
         super().__init__()
         from transformers import AutoModelForImageTextToText
@@ -147,15 +167,19 @@ class VisionLanguageBackbone(nn.Module):
         self.init_args: dict[str, Any] = {
             "model_name_or_path": model_name_or_path, "family": family, "dtype": dtype,
             "attn_implementation": attn_implementation, "lora": None if lora is None else vars(lora), "seed": seed,
+            "tiny_hidden": tiny_hidden, "tiny_layers": tiny_layers, "tiny_vocab": tiny_vocab,
         }
         attn = resolve_attention(attn_implementation)
         if model_name_or_path == "tiny":
             from lightning_modules.presets import tiny_config
+            from lightning_modules.processing import qwen_tokenizer, synthetic_tokenizer
 
+            tokenizer = synthetic_tokenizer() if tiny_vocab == "synthetic" else qwen_tokenizer()
+            config = tiny_config(family, tiny_hidden, tiny_layers, **_vocab_args(tokenizer, tiny_vocab))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = AutoModelForImageTextToText.from_config(tiny_config(family), dtype=DTYPES[dtype], attn_implementation=attn)
-            processor = build_processor(family)
+                model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[dtype], attn_implementation=attn)
+            processor = build_processor(family, tokenizer)
         else:
             from transformers import AutoProcessor
 

@@ -10,13 +10,24 @@ QWEN_VOCAB = 151_936
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 151655, 151656, 151652, 151653
 
 
-def tiny_config(family: str, hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 32) -> Any:
-    """A small config of ``family``'s architecture; token ids match the real tokenizer."""
+def tiny_config(
+    family: str,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    vision_hidden: int = 32,
+    vocab_size: int = QWEN_VOCAB,
+    token_ids: dict[str, int] | None = None,
+) -> Any:
+    """A small config of ``family``'s architecture; token ids default to the real tokenizer's.
+
+    ``token_ids`` (image/video/vision_start/vision_end) and ``vocab_size`` fit another vocabulary.
+    """
     head_dim = hidden // heads
     section = [head_dim // 4, head_dim // 8, head_dim // 8]  # mrope halves: (t, h, w) sum to head_dim / 2
     section[0] += head_dim // 2 - sum(section)
     text = {
-        "vocab_size": QWEN_VOCAB,
+        "vocab_size": vocab_size,
         "hidden_size": hidden,
         "intermediate_size": hidden * 2,
         "num_hidden_layers": layers,
@@ -27,7 +38,12 @@ def tiny_config(family: str, hidden: int = 64, layers: int = 2, heads: int = 4, 
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
         "tie_word_embeddings": True,
     }
-    ids = {"image_token_id": IMAGE_TOKEN, "video_token_id": VIDEO_TOKEN, "vision_start_token_id": VISION_START, "vision_end_token_id": VISION_END}
+    ids = token_ids or {
+        "image_token_id": IMAGE_TOKEN,
+        "video_token_id": VIDEO_TOKEN,
+        "vision_start_token_id": VISION_START,
+        "vision_end_token_id": VISION_END,
+    }
     if family == "qwen3_vl":
         from transformers import Qwen3VLConfig
 

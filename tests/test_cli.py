@@ -44,3 +44,30 @@ def test_offline_tokenizer_matches_qwen_tiktoken(tokenizer):
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|video_pad|>", "<think>"]
     assert tokenizer.convert_tokens_to_ids(specials) == [151643, 151644, 151645, 151652, 151655, 151656, 151667]
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_synthetic_vocabulary_keeps_qwen_specials_and_round_trips():
+    from lightning_modules.processing import QWEN_ADDED_TOKENS, synthetic_tokenizer
+
+    tok = synthetic_tokenizer()
+    names = [t for t, _ in QWEN_ADDED_TOKENS]
+    ids = tok.convert_tokens_to_ids(names)
+    assert ids == list(range(len(tok) - len(names), len(tok))) and len(tok) == 1024 + len(names)
+    text = '<think>The red square moves right.</think><answer>{"boxes": [12, 345, 678, 999]}</answer>'
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.encode("<|im_start|>")[0] == tok.convert_tokens_to_ids("<|im_start|>")
+
+
+def test_tiny_preset_with_synthetic_vocabulary_runs(media_dir):
+    import torch
+
+    from lightning_modules.backbone import VisionLanguageBackbone
+
+    b = VisionLanguageBackbone("tiny", tiny_vocab="synthetic", tiny_hidden=32, tiny_layers=1)
+    config = b.hf_model.config
+    assert config.text_config.vocab_size == len(b.tokenizer) and config.text_config.hidden_size == 32
+    assert config.image_token_id == b.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    batch = b.processor(text=["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"], return_tensors="pt")
+    out = b.generate(dict(batch), max_new_tokens=3, do_sample=False)
+    assert out["response_ids"].shape == (1, 3) and int(out["response_ids"].max()) < len(b.tokenizer)
+    assert torch.isfinite(b.token_logprobs(dict(batch), torch.ones_like(batch["input_ids"]))).all()
