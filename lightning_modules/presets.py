@@ -44,36 +44,23 @@ def tiny_config(
         "vision_start_token_id": VISION_START,
         "vision_end_token_id": VISION_END,
     }
+    vision = {
+        "depth": 2,
+        "hidden_size": vision_hidden,
+        "intermediate_size": vision_hidden * 2,
+        "num_heads": 2,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": hidden,
+    }
     if family == "qwen3_vl":
         from transformers import Qwen3VLConfig
 
-        vision = {
-            "depth": 2,
-            "hidden_size": vision_hidden,
-            "intermediate_size": vision_hidden * 2,
-            "num_heads": 2,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "out_hidden_size": hidden,
-            "num_position_embeddings": 256,
-            "deepstack_visual_indexes": [0],
-        }
+        vision.update(patch_size=16, num_position_embeddings=256, deepstack_visual_indexes=[0])
         return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
     if family == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig
 
-        vision = {
-            "depth": 2,
-            "hidden_size": vision_hidden,
-            "intermediate_size": vision_hidden * 2,
-            "num_heads": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "out_hidden_size": hidden,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
-        }
+        vision.update(patch_size=14, window_size=56, fullatt_block_indexes=[1])
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
     raise ValueError(f"unknown backbone family {family!r}; valid: qwen3_vl, qwen2_5_vl")
