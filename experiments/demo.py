@@ -111,7 +111,7 @@ def evaluate_rewards(out: Path, paths: dict[str, Path], model: Path, name: str, 
     if ckpt is not None:
         extra.append(f"--ckpt_path={ckpt}")
     cli = _cli("validate", recipe, _overrides(out, recipe, name, data, {}), extra)
-    return {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/reward/")}
+    return {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
 
 
 def run_grpo_demo(out: Path, paths: dict[str, Path], model: Path, max_steps: int | None = None) -> Path:
@@ -125,15 +125,18 @@ def run_grpo_demo(out: Path, paths: dict[str, Path], model: Path, max_steps: int
 
 
 def reward_table(before: dict[str, float], after: dict[str, float], field: str = "overall") -> str:
-    """Markdown table of the mean ``field`` reward per task key before and after RL."""
-    prefix = f"val/reward/{field}/"
-    keys = sorted(k[len(prefix) :] for k in before if k.startswith(prefix))
-    lines = [f"| task | {field} before RL | {field} after RL | change |", "|---|---:|---:|---:|"]
-    for key in keys:
-        b, a = before[prefix + key], after.get(prefix + key, float("nan"))
-        lines.append(f"| {key} | {b:.3f} | {a:.3f} | {a - b:+.3f} |")
-    total_b, total_a = before.get(f"val/reward/{field}", float("nan")), after.get(f"val/reward/{field}", float("nan"))
-    lines.append(f"| **all** | **{total_b:.3f}** | **{total_a:.3f}** | **{total_a - total_b:+.3f}** |")
+    """Markdown table per task key: mean ``field`` reward of sampled responses (what RL optimises) and
+    of greedy responses, before and after RL."""
+    nan = float("nan")
+    sampled, greedy = f"val/sampled_reward/{field}", f"val/reward/{field}"
+    keys = sorted(k[len(greedy) + 1 :] for k in before if k.startswith(greedy + "/"))
+    lines = [
+        "| task | sampled before | sampled after | change | greedy before | greedy after | change |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, s_key, g_key in [(k, f"{sampled}/{k}", f"{greedy}/{k}") for k in keys] + [("**all**", sampled, greedy)]:
+        sb, sa, gb, ga = before.get(s_key, nan), after.get(s_key, nan), before.get(g_key, nan), after.get(g_key, nan)
+        lines.append(f"| {key} | {sb:.3f} | {sa:.3f} | {sa - sb:+.3f} | {gb:.3f} | {ga:.3f} | {ga - gb:+.3f} |")
     return "\n".join(lines)
 
 
@@ -154,7 +157,7 @@ def run_demo(
     after = evaluate_rewards(out, paths, model, "eval_after", ckpt=last)
     table = reward_table(before, after)
     (out / "rewards_before_after.md").write_text(table + "\n")
-    print("\n== Mean greedy reward on the held-out synthetic evaluation set, before and after EMA-GRPO ==")
+    print("\n== Mean reward on the held-out synthetic evaluation set, before and after EMA-GRPO ==")
     print(table)
     print(f"\n[demo] logs, checkpoints and this table are under {out}")
     return {"before": before, "after": after}

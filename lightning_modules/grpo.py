@@ -81,7 +81,8 @@ class GRPOModule(L.LightningModule):
         optimizer: optimizer factory (released: AdamW lr 2e-6, weight decay 0.01).
         schedule: learning-rate schedule (released: constant).
         seed: seed of the rollout sampling.
-        val_max_new_tokens: response cap of the greedy reward evaluation in validation.
+        val_max_new_tokens: response cap of the reward evaluation in validation.
+        val_samples: sampled responses per prompt in validation (0: greedy only).
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class GRPOModule(L.LightningModule):
         schedule: WarmupSchedule | None = None,
         seed: int = 0,
         val_max_new_tokens: int = 256,
+        val_samples: int = 0,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -382,21 +384,37 @@ class GRPOModule(L.LightningModule):
 
     # -- validation: greedy reward evaluation --------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Greedy rewards (``val/reward/...``), and with ``val_samples > 0`` the mean reward of that many
+        samples per prompt at the rollout temperature (``val/sampled_reward/...``), which RL optimises."""
         if not batch.get("meta"):
             return
+        keys = [task_key(m["problem_type"], m["data_type"], self.hparams.task_key_by) for m in batch["meta"]]
         out = self.backbone.generate(batch, num_return_sequences=1, max_new_tokens=self.hparams.val_max_new_tokens, do_sample=False)
+        self._log_val_scores("val/reward", self._score_generated(batch, out, 1), keys)
+        if self.hparams.val_samples > 0:
+            n = self.hparams.val_samples
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.hparams.seed * 7_919 + batch_idx)
+                sampled = self.backbone.generate(
+                    batch, num_return_sequences=n, temperature=getattr(self.rollout, "temperature", 1.0),
+                    top_p=getattr(self.rollout, "top_p", 1.0), max_new_tokens=self.hparams.val_max_new_tokens,
+                )
+            self._log_val_scores("val/sampled_reward", self._score_generated(batch, sampled, n), [k for k in keys for _ in range(n)])
+
+    def _score_generated(self, batch: dict[str, Any], out: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
         tok = self.backbone.tokenizer
         mask = out["response_mask"]
         texts = tok.batch_decode(out["response_ids"] * mask + tok.pad_token_id * (1 - mask), skip_special_tokens=True)
-        ro = Rollouts(batch, mask, texts, torch.arange(len(texts)), batch["meta"], int(mask.sum()))
-        scores = self._score(ro)
-        keys = [task_key(m["problem_type"], m["data_type"], self.hparams.task_key_by) for m in batch["meta"]]
+        meta = [m for m in batch["meta"] for _ in range(n)]
+        return self._score(Rollouts(batch, mask, texts, torch.arange(len(texts)), meta, int(mask.sum())))
+
+    def _log_val_scores(self, prefix: str, scores: dict[str, torch.Tensor], keys: list[str]) -> None:
         for f, v in scores.items():
-            self.log(f"val/reward/{f}", v.mean(), on_epoch=True, batch_size=len(keys))
+            self.log(f"{prefix}/{f}", v.mean(), on_epoch=True, batch_size=len(keys))
         for key in sorted(set(keys)):
             idx = torch.tensor([i for i, k in enumerate(keys) if k == key])
             for f in ("overall", "accuracy"):
-                self.log(f"val/reward/{f}/{key}", scores[f][idx].mean(), on_epoch=True, batch_size=len(idx))
+                self.log(f"{prefix}/{f}/{key}", scores[f][idx].mean(), on_epoch=True, batch_size=len(idx))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["backbone_init"] = self.backbone.init_args

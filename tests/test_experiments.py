@@ -144,4 +144,6 @@ def test_ablation_arm_differs_only_in_advantage(arm: str, tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["init_args"]["advantage"] == arm
-    assert printed["model"]["init_args"]["rollouts_per_prompt"] == 4  # the rest comes from the demo recipe
+    recipe = yaml.safe_load((EXPERIMENTS / "demo" / "ema_grpo.yaml").read_text())["model"]["init_args"]
+    for key in ("rollouts_per_prompt", "prompts_per_update", "filter_band", "clip_high"):  # the rest is the recipe's
+        assert printed["model"]["init_args"][key] == recipe[key]
