@@ -120,10 +120,11 @@ def test_export_round_trip_matches_logits(suite: Path, tmp_path: Path):
     exported = onethinker("export", str(ckpt), "--out", str(out), cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr[-3000:]
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    trained = VisionLanguageBackbone("tiny")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state, init = saved["state_dict"], saved["backbone_init"]
+    trained = VisionLanguageBackbone(**init)
     trained.load_state_dict({k[len("backbone."):]: v for k, v in state.items()}, strict=False)
-    fresh = VisionLanguageBackbone("tiny")
+    fresh = VisionLanguageBackbone(**init)
     assert not torch.equal(fresh.hf_model.lm_head.weight, trained.hf_model.lm_head.weight)  # training moved it
 
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
