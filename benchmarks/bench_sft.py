@@ -64,6 +64,29 @@ PEAK_BF16_TFLOPS = (
 )
 
 
+
+def lightning_clock(cuda: bool = False) -> Any:
+    """A callback recording per-step end times, token counts and losses of a Lightning fit.
+
+    Lightning is imported here, not at module level, so the peer's process never loads it.
+    """
+    import lightning as L
+
+    class LightningClock(L.Callback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.tokens: list[int] = []
+            self.losses: list[float] = []
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.losses.append(float(outputs["loss"]))
+            self.tokens.append(int(batch["attention_mask"].sum()))
+            self.ends.append(time.perf_counter())
+
+    return LightningClock()
+
 def first(items: list) -> Any:
     """``collate_fn`` / ``data_collator`` for a loader over pre-collated batches (batch size 1)."""
     return items[0]
@@ -160,20 +183,9 @@ def run_ours(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int) 
     from lightning_modules.backbone import VisionLanguageBackbone
     from lightning_modules.sft import SFTModule
 
-    class Clock(L.Callback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-            self.tokens: list[int] = []
-            self.losses: list[float] = []
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            self.losses.append(float(outputs["loss"]))
-            self.tokens.append(int(batch["attention_mask"].sum()))
-            self.ends.append(time.perf_counter())
-
     module = SFTModule(VisionLanguageBackbone("tiny", seed=seed))  # default optimizer: AdamW lr 1e-5, wd 0
     loader = DataLoader(step_order(batches, steps), batch_size=1, shuffle=False, collate_fn=first)
-    clock = Clock()
+    clock = lightning_clock()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -386,20 +398,7 @@ def train_config(config: Any, batches: list[dict[str, Any]], steps: int, warmup:
     backbone.set_trainable(vision_tower=False, projector=False)
     build_s = time.perf_counter() - t0
 
-    class Clock(L.Callback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-            self.tokens: list[int] = []
-            self.losses: list[float] = []
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            self.losses.append(float(outputs["loss"]))
-            self.tokens.append(int(batch["attention_mask"].sum()))
-            self.ends.append(time.perf_counter())
-
-    clock = Clock()
+    clock = lightning_clock(cuda)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     # Fused AdamW: no foreach temporaries the size of the weights (those alone would not fit an 80 GB card).
