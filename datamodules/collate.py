@@ -40,6 +40,8 @@ class Example:
         sizes = self.image_sizes or [v.original_size for v in self.videos]
         return {
             "problem_id": r.problem_id,
+            "source": r.source,
+            "index": r.index,
             "problem_type": r.problem_type,
             "data_type": r.data_type,
             "data_source": r.data_source,

@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -13,8 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collate import Collator, Example, Mode, Skipped, load_example
 from datamodules.media import MediaConfig, PixelBudget, stage_media
-from datamodules.records import Record, load_records
+from datamodules.records import Record, load_records, record_key
 from datamodules.sampling import MixedTaskSampler, sampling_probabilities
+from datamodules.synthetic import SPLITS, generate_suite
 
 log = logging.getLogger(__name__)
 RECORD_KIND = {"sft": "sft", "rl": "rl", "eval": "eval"}
@@ -69,6 +71,9 @@ class OneThinkerDataModule(L.LightningDataModule):
         max_frames: frames per video at most.
         on_bad_media: ``error`` raises `MediaError`; ``skip`` drops the row, counted per task.
         max_length: rows with more tokens are dropped and counted (SFT uses 16,384).
+        synthetic_suite: when set, write the synthetic suite (``per_task`` samples of each task, seed
+            0) into this folder first unless its manifests are there (demo and tests; ``prepare_data``).
+        synthetic_per_task: samples per task of that suite.
     """
 
     def __init__(
@@ -93,6 +98,8 @@ class OneThinkerDataModule(L.LightningDataModule):
         max_frames: int = 128,
         on_bad_media: Literal["error", "skip"] = "error",
         max_length: int | None = None,
+        synthetic_suite: str | None = None,
+        synthetic_per_task: int = 4,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -100,6 +107,7 @@ class OneThinkerDataModule(L.LightningDataModule):
         self.processor: Any = None
         self.records: dict[str, list[Record]] = {}
         self.skipped: Counter[str] = Counter()
+        self._excluded: set[tuple[str, int]] = set()
         self._sampler: MixedTaskSampler | None = None
         self._pending_state: dict[str, Any] | None = None
         self._resample_sampler: MixedTaskSampler | None = None
@@ -111,6 +119,11 @@ class OneThinkerDataModule(L.LightningDataModule):
         if video_pixels is not None:
             media = replace(media, video_frame=PixelBudget(*video_pixels))
         self.media: MediaConfig = media
+
+    def prepare_data(self) -> None:
+        suite = self.hparams.synthetic_suite
+        if suite is not None and not all((Path(suite) / f"{split}.json").exists() for split in SPLITS):
+            generate_suite(suite, per_task=self.hparams.synthetic_per_task, seed=0)
 
     def connect(self, processor: Any) -> None:
         """Inject the backbone's processor (the data side never builds a model)."""
@@ -128,7 +141,9 @@ class OneThinkerDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         kind = RECORD_KIND[self.mode]
         if "train" not in self.records:
-            self.records["train"] = self._load(self.hparams.train_manifests, "eval" if kind == "eval" else kind)
+            self.records["train"] = self._load(
+                self.hparams.train_manifests, "eval" if kind == "eval" else kind
+            )
             # RL validation may score evaluation records (held-out answers) as well as RL records.
             self.records["val"] = self._load(self.hparams.val_manifests, kind if kind == "sft" else None)
             self.records["test"] = self._load(self.hparams.test_manifests, "eval")
@@ -138,11 +153,22 @@ class OneThinkerDataModule(L.LightningDataModule):
             raise RuntimeError("OneThinkerDataModule needs a processor: call connect(processor) first")
         return Collator(self.processor, mode, self.hparams.max_length)
 
+    def exclude_test(self, keys: set[tuple[str, int]]) -> int:
+        """Leave out of ``test``/``predict`` the records whose (manifest stem, problem_id) is in ``keys``
+        (an evaluation resuming from its predictions); returns how many records remain."""
+        self._excluded = set(keys)
+        return len(self._test_records())
+
+    def _test_records(self) -> list[Record]:
+        self.setup()
+        return [r for r in self.records["test"] if record_key(r) not in self._excluded]
+
     def _dataset(self, split: str, mode: Mode) -> RecordDataset:
         self.setup()
+        records = self._test_records() if split == "test" else self.records[split]
         if not self.records[split]:
             raise ValueError(f"no {split} records: set {split}_manifests")
-        return RecordDataset(self.records[split], mode, self.media, self.hparams.on_bad_media)
+        return RecordDataset(records, mode, self.media, self.hparams.on_bad_media)
 
     def _new_sampler(self, seed: int, state: dict[str, Any] | None) -> MixedTaskSampler:
         self.setup()
@@ -200,10 +226,16 @@ class OneThinkerDataModule(L.LightningDataModule):
         self.setup()
         if not self.records["val"]:
             return []  # no validation manifests: Lightning skips validation
-        return self._loader(self._dataset("val", self.mode), self.hparams.eval_batch_size or self.hparams.batch_size, self.mode)
+        return self._loader(
+            self._dataset("val", self.mode),
+            self.hparams.eval_batch_size or self.hparams.batch_size,
+            self.mode,
+        )
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("test", "eval"), self.hparams.eval_batch_size or self.hparams.batch_size, "eval")
+        return self._loader(
+            self._dataset("test", "eval"), self.hparams.eval_batch_size or self.hparams.batch_size, "eval"
+        )
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
@@ -218,7 +250,11 @@ class OneThinkerDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         main = self._sampler.state_dict() if self._sampler is not None else dict(self._pending_state or {})
-        extra = self._resample_sampler.state_dict() if self._resample_sampler is not None else dict(self._pending_resample or {})
+        extra = (
+            self._resample_sampler.state_dict()
+            if self._resample_sampler is not None
+            else dict(self._pending_resample or {})
+        )
         return {"sampler": main, "resample_sampler": extra, "skipped": dict(self.skipped)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

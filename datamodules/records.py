@@ -66,6 +66,8 @@ class EvalRecord(RecordBase):
     resolution: tuple[int, int] | None = None
     fps: float | None = None
     segmentation_output: Any = None
+    frame_boxes: tuple[tuple[float, float, float, float], ...] | None = None  # per-frame GT, xywh pixels
+    frame_absent: tuple[int, ...] | None = None  # 1 where the target is absent (GOT-10k absence.label)
 
     @property
     def target(self) -> str:
@@ -147,7 +149,9 @@ def _media_list(c: _Checker, data_type: str, media_root: Path) -> tuple[Path, ..
 def _check_placeholders(c: _Checker, text: str, field_name: str, data_type: str, n_media: int) -> None:
     n_tags = text.count(PLACEHOLDERS[data_type])
     if n_tags and n_tags != n_media:
-        raise c.fail(field_name, f"{n_tags} {PLACEHOLDERS[data_type]} placeholder(s) but {n_media} media item(s)")
+        raise c.fail(
+            field_name, f"{n_tags} {PLACEHOLDERS[data_type]} placeholder(s) but {n_media} media item(s)"
+        )
     if not n_media and n_tags:
         raise c.fail(field_name, f"has {PLACEHOLDERS[data_type]} but the record lists no media")
 
@@ -194,7 +198,32 @@ def _eval(c: _Checker, base: dict[str, Any], media_root: Path) -> EvalRecord:
         resolution=resolution,
         fps=float(fps) if fps is not None else None,
         segmentation_output=segmentation,
+        **_frame_truth(c),
     )
+
+
+def _frame_truth(c: _Checker) -> dict[str, Any]:
+    """Optional per-frame tracking ground truth (GOT-10k protocol): ``frame_boxes`` and ``frame_absent``."""
+    boxes = c.get("frame_boxes", list, None)
+    absent = c.get("frame_absent", list, None)
+    if boxes is None:
+        if absent is not None:
+            raise c.fail("frame_absent", "given without frame_boxes")
+        return {}
+    numbers = (int, float)
+    if not boxes or not all(
+        isinstance(b, list)
+        and len(b) == 4
+        and all(isinstance(v, numbers) and not isinstance(v, bool) for v in b)
+        for b in boxes
+    ):
+        raise c.fail("frame_boxes", "expected a non-empty list of [x, y, w, h] pixel boxes, one per frame")
+    if absent is not None and (len(absent) != len(boxes) or not all(v in (0, 1) for v in absent)):
+        raise c.fail("frame_absent", f"expected {len(boxes)} values of 0 or 1, one per frame")
+    return {
+        "frame_boxes": tuple(tuple(float(v) for v in b) for b in boxes),
+        "frame_absent": None if absent is None else tuple(int(v) for v in absent),
+    }
 
 
 def _sft(c: _Checker, base: dict[str, Any], media_root: Path) -> SFTRecord:
@@ -226,7 +255,11 @@ def _infer_sft_types(c: _Checker) -> tuple[str, str]:
     if "problem_type" in c.raw:
         return c.choice("problem_type", PROBLEM_TYPES), data_type
     messages = c.raw.get("messages")
-    first = messages[0].get("content") if isinstance(messages, list) and messages and isinstance(messages[0], dict) else None
+    first = (
+        messages[0].get("content")
+        if isinstance(messages, list) and messages and isinstance(messages[0], dict)
+        else None
+    )
     inferred = infer_problem_type(first) if isinstance(first, str) else None
     if inferred is None:
         raise c.fail("problem_type", "missing, and the user turn ends with no known type template")
@@ -236,7 +269,9 @@ def _infer_sft_types(c: _Checker) -> tuple[str, str]:
 _BUILDERS = {"rl": _rl, "sft": _sft, "eval": _eval}
 
 
-def validate_record(raw: Any, kind: RecordKind, *, path: str | Path, where: str, index: int, media_root: Path) -> Record:
+def validate_record(
+    raw: Any, kind: RecordKind, *, path: str | Path, where: str, index: int, media_root: Path
+) -> Record:
     """Validate one raw JSON object into a typed record, or raise `RecordError`."""
     c = _Checker(raw, Path(path), where)
     if not isinstance(raw, dict):
@@ -266,7 +301,9 @@ def _raw_items(path: Path) -> Iterator[tuple[str, Any, Exception | None]]:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:
-            raise RecordError(path, f"line {e.lineno}", None, "<json>", f"malformed JSON list: {e.msg}") from e
+            raise RecordError(
+                path, f"line {e.lineno}", None, "<json>", f"malformed JSON list: {e.msg}"
+            ) from e
         for i, item in enumerate(items):
             yield f"record {i}", item, None
         return
@@ -311,3 +348,8 @@ def load_records(path: str | Path, kind: RecordKind, media_root: str | Path | No
             raise item
         records.append(item)
     return records
+
+
+def record_key(record: Record) -> tuple[str, int]:
+    """An evaluation record's identity across manifests: (manifest file stem, problem_id)."""
+    return Path(record.source).stem, record.problem_id

@@ -79,6 +79,7 @@ class Sample:
     options: list[str] = field(default_factory=list)
     fps: int | None = None
     segmentation: Any = None
+    frame_boxes: list[list[int]] | None = None  # tracking: per-frame xywh pixels (GOT-10k protocol)
 
 
 Generator = Callable[[np.random.Generator, Path], Sample]
@@ -574,14 +575,35 @@ def _wander(
     return [(int(f), int(rng.integers(0, w - mw + 1)), int(rng.integers(0, h - mh + 1))) for f in frames]
 
 
+# 1000 / W and 1000 / H are whole numbers (so pixel boxes are exact on the 0-1000 scale), W and H even.
+TRACKING_SIZES: tuple[tuple[int, int], ...] = ((200, 200), (200, 100))
+
+
+def _second_steps(
+    rng: np.random.Generator, mask: np.ndarray, w: int, h: int, seconds: int, fps: int
+) -> list[tuple[int, int, int]]:
+    """Waypoints at every whole second with a whole-pixel velocity per frame in between, so each
+    frame's position is exactly the linear interpolation of the per-second ones."""
+    mh, mw = mask.shape
+    x, y = int(rng.integers(0, w - mw + 1)), int(rng.integers(0, h - mh + 1))
+    path = [(0, x, y)]
+    for k in range(1, seconds + 1):
+        vx, vy = (int(v) for v in rng.integers(-4, 5, size=2))
+        # Bounce off an edge by reversing; the frame leaves room for a second's move either way.
+        x = x + vx * fps if 0 <= x + vx * fps <= w - mw else x - vx * fps
+        y = y + vy * fps if 0 <= y + vy * fps <= h - mh else y - vy * fps
+        path.append((k * fps, x, y))
+    return path
+
+
 def video_tracking(rng: np.random.Generator, path: Path) -> Sample:
-    """Boxes, one per second, of an object given by its first-frame box."""
-    w, h, bg = *VIDEO_SIZES[int(rng.integers(len(VIDEO_SIZES)))], _one(rng, tuple(D.BACKGROUNDS))
+    """Boxes, one per second, of an object given by its first-frame box; per-frame boxes too."""
+    (w, h), bg = TRACKING_SIZES[int(rng.integers(len(TRACKING_SIZES)))], _one(rng, tuple(D.BACKGROUNDS))
     fps, seconds = int(rng.choice([4, 5])), int(rng.integers(6, 17))
     n = seconds * fps + 1
     colour, shape = _one(rng, tuple(D.COLOURS)), _one(rng, D.SHAPES)
     mask = _shape_mask(rng, shape, 24, 40)
-    target = D.Sprite(mask, [(0, colour)], _wander(rng, mask, w, h, n, int(rng.integers(3, 5))))
+    target = D.Sprite(mask, [(0, colour)], _second_steps(rng, mask, w, h, seconds, fps))
     sprites = []
     for c in _choose(rng, _others(tuple(D.COLOURS), colour), int(rng.integers(1, 3))):
         m = _shape_mask(rng, _one(rng, D.SHAPES), 20, 32)
@@ -591,7 +613,8 @@ def video_tracking(rng: np.random.Generator, path: Path) -> Sample:
     boxes = {str(k): D.norm_box(target.box(k * fps), w, h) for k in range(1, min(seconds, 32) + 1)}
     think = f"The target starts at {first}; I follow it and give its box at each second up to {min(seconds, 32)} s."
     question = f"Track the object whose bounding box in the first frame (0 s) is {_dumps(first)}."
-    return Sample(question, _dumps({"boxes": boxes}), think, w, h, fps=fps)
+    frame_boxes = [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (target.box(i) for i in range(n))]
+    return Sample(question, _dumps({"boxes": boxes}), think, w, h, fps=fps, frame_boxes=frame_boxes)
 
 
 def video_segmentation(rng: np.random.Generator, path: Path) -> Sample:
@@ -680,6 +703,9 @@ def _record(split: str, pid: int, problem_type: str, data_type: str, rel: str, s
     if problem_type == "segmentation":
         rec["resolution"] = {"width": s.width, "height": s.height}
         rec["segmentation_output"] = s.segmentation
+    if s.frame_boxes is not None:
+        rec["resolution"] = {"width": s.width, "height": s.height}
+        rec["frame_boxes"] = s.frame_boxes
     if s.fps is not None:
         rec["fps"] = s.fps
     return rec

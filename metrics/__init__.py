@@ -3,7 +3,7 @@
 Pure: imports nothing else from this repository. See SPEC §9 for the conventions.
 """
 
-from metrics.grounding import BoxGroundingAccuracy, TemporalGroundingRecall
+from metrics.grounding import BoxGroundingAccuracy, IoURecall, TemporalGroundingRecall
 from metrics.segmentation import CumulativeIoU, JAndF
 from metrics.tracking import AverageOverlap
 
@@ -11,6 +11,7 @@ __all__ = [
     "AverageOverlap",
     "BoxGroundingAccuracy",
     "CumulativeIoU",
+    "IoURecall",
     "JAndF",
     "TemporalGroundingRecall",
 ]

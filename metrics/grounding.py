@@ -91,3 +91,23 @@ class BoxGroundingAccuracy(_MeanIoURecall):
         """Add boxes [N, 4] in `box_format`."""
         preds, target, nan_rows = check_boxes(preds, target)
         self._add(xyxy_iou(to_xyxy(preds, self.box_format), to_xyxy(target, self.box_format)), nan_rows)
+
+
+class IoURecall(_MeanIoURecall):
+    """Mean and recall of IoU values scored elsewhere, e.g. the per-sample sIoU of spatio-temporal
+    grounding. `update(iou [N])`; a NaN IoU scores 0 and is counted by `nan_predictions()`.
+    Returns {"mIoU", "R@t"...} with R@t the share of samples with IoU >= t.
+    """
+
+    def __init__(self, thresholds: Sequence[float] = (0.3, 0.5, 0.7), **kwargs: object) -> None:
+        super().__init__(thresholds, **kwargs)
+
+    def update(self, iou: Tensor) -> None:
+        """Add IoU values [N] in [0, 1]."""
+        if not isinstance(iou, Tensor) or iou.ndim != 1:
+            raise ValueError(f"`iou` must be a 1-D tensor, got {getattr(iou, 'shape', type(iou).__name__)}")
+        iou = iou.double()
+        finite = iou[~iou.isnan()]
+        if ((finite < 0) | (finite > 1)).any():
+            raise ValueError("`iou` values must lie in [0, 1]")
+        self._add(iou, iou.isnan())

@@ -102,3 +102,18 @@ def test_box_bad_input() -> None:
         m.update(torch.zeros(2, 4), torch.zeros(3, 4))
     with pytest.raises(ValueError, match="box_format"):
         BoxGroundingAccuracy(box_format="yolo")
+
+
+def test_iou_recall_hand_computed():
+    from metrics import IoURecall
+
+    m = IoURecall(thresholds=(0.5,))
+    m.update(torch.tensor([0.2, 0.5, float("nan")]))
+    m.update(torch.tensor([0.9]))
+    out = m.compute()
+    # NaN scores 0: mean (0.2 + 0.5 + 0 + 0.9) / 4; IoU >= 0.5 for 0.5 and 0.9.
+    assert out["mIoU"].item() == pytest.approx(0.4)
+    assert out["R@0.5"].item() == pytest.approx(0.5)
+    assert m.nan_predictions().item() == 1
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        m.update(torch.tensor([1.5]))
