@@ -256,7 +256,8 @@ class EvaluationModule(L.LightningModule):
                     scores.update(self._scoring_row(r, with_masks=True))
             for m in scores.all_metrics():
                 m.to(self.device)
-            tasks = scores.compute()
+            # Rounded so that sums taken in another order (other world sizes) write the same file.
+            tasks = {t: {k: round(v, 10) for k, v in figs.items()} for t, figs in scores.compute().items()}
             out["benchmarks"][bench] = {
                 "samples": len(items),
                 "tasks": tasks,

@@ -270,6 +270,8 @@ class BenchmarkScores:
             target[:, 2:] += target[:, :2]  # xywh -> xyxy
             scaled = {k: scale_box(v, w, h) for k, v in pred.items()}
             frames = frame_boxes_from_seconds(scaled, target[0].tolist(), len(target), row.fps or 1.0)
+            if not pred:  # no answer: every frame scores 0, not the prompt's box held still
+                frames[:] = NAN
             visible = None if row.frame_absent is None else torch.tensor([not a for a in row.frame_absent])
             m["got10k"].update(torch.from_numpy(frames), target, visible=visible, image_size=(w, h))
         return bool(pred)

@@ -215,6 +215,7 @@ class MaskPredictor(Protocol):
 
 
 _DTYPES = ("float32", "bfloat16", "float16")
+TINY = "tiny"  # a tiny random SAM2 built offline (tests and the CPU demo), never a real checkpoint
 
 
 def _check_rgb(a: np.ndarray, ndim: int, what: str) -> np.ndarray:
@@ -237,12 +238,18 @@ class Sam2MaskPredictor:
     image predictor's advice say the same. The decoder then returns its single-mask token, falling back to the
     best of the 3 multimask outputs by predicted IoU when that mask is unstable (SAM2's dynamic fallback,
     active in eval mode). Masks are the logits upsampled to the media size and thresholded at 0.
+
+    Args:
+        model_name_or_path: SAM2 checkpoint (hub id or folder); ``tiny`` builds a tiny random SAM2 offline.
+        device: ``auto`` (the current CUDA device, else the CPU), or a torch device string.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        video_model_name_or_path: checkpoint of the video model (default: ``model_name_or_path``).
     """
 
     def __init__(
         self,
         model_name_or_path: str = "facebook/sam2.1-hiera-large",
-        device: str = "cpu",
+        device: str = "auto",
         dtype: str = "float32",
         video_model_name_or_path: str | None = None,
     ) -> None:
@@ -250,6 +257,8 @@ class Sam2MaskPredictor:
 
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        if device == "auto":  # the current CUDA device (each DDP rank's own), else the CPU
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self.model_name_or_path = model_name_or_path
@@ -289,17 +298,29 @@ class Sam2MaskPredictor:
             return
         if not self._can_load:
             raise RuntimeError("no image model was given to from_models")
+        if self.model_name_or_path == TINY:
+            self._load_tiny()
+            return
         from transformers import Sam2Model, Sam2Processor
 
         model = Sam2Model.from_pretrained(self.model_name_or_path, dtype=self.dtype)
         self._image_model = model.to(self.device).eval()
         self._image_processor = Sam2Processor.from_pretrained(self.model_name_or_path)
 
+    def _load_tiny(self) -> None:
+        image_model, image_processor, video_model, video_processor = tiny_sam2()
+        self._image_model = image_model.to(self.device, self.dtype).eval()
+        self._video_model = video_model.to(self.device, self.dtype).eval()
+        self._image_processor, self._video_processor = image_processor, video_processor
+
     def _load_video(self) -> None:
         if self._video_model is not None:
             return
         if not self._can_load:
             raise RuntimeError("no video model was given to from_models")
+        if self.video_model_name_or_path == TINY:
+            self._load_tiny()
+            return
         from transformers import Sam2VideoModel, Sam2VideoProcessor
 
         model = Sam2VideoModel.from_pretrained(self.video_model_name_or_path, dtype=self.dtype)

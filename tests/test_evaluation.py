@@ -173,3 +173,54 @@ def test_interrupted_run_resumes_to_the_same_metrics(suite, synthetic_processor,
     assert resumed["benchmarks"] == reference["benchmarks"]
     assert resumed["run"]["predicted_now"] == total - 12
     assert len((tmp_path / "resumed" / "predictions.jsonl").read_text().splitlines()) == total
+
+
+DDP_SCRIPT = """
+import json, sys
+import lightning as L
+from datamodules.datamodule import OneThinkerDataModule
+from lightning_modules.evaluation import EvaluationModule
+from lightning_modules.processing import build_processor, synthetic_tokenizer
+from lightning_modules.sam2_masks import Sam2MaskPredictor
+from tests.eval_oracle import OracleBackbone
+
+suite, out, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+processor = build_processor("qwen3_vl", synthetic_tokenizer())
+dm = OneThinkerDataModule(mode="eval", test_manifests=[suite + "/eval.json"], eval_batch_size=3)
+dm.connect(processor)
+module = EvaluationModule(OracleBackbone(processor, box_shift=20.0, time_shift=0.5), output_dir=out,
+                          mask_predictor=Sam2MaskPredictor("tiny", device="cpu"), mask_source="sam2")
+trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
+                    enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+trainer.test(module, datamodule=dm, verbose=False)
+"""
+
+
+def test_two_processes_write_the_same_metrics_as_one(suite, tmp_path):
+    """DDP over gloo: records split across ranks, predictions and metric states gathered; metrics.json
+    must equal a one-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run_eval.py"
+    script.write_text(DDP_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"out{devices}"
+        proc = subprocess.run(
+            [sys.executable, str(script), str(suite), str(out), str(devices)],
+            cwd=root, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert devices == 1 or "MEMBER: 2/2" in proc.stdout + proc.stderr  # two ranks really ran
+        results[devices] = json.loads((out / "metrics.json").read_text())
+        assert not list(out.glob("predictions.rank*"))
+    assert results[2]["benchmarks"] == results[1]["benchmarks"]
+    tasks = results[2]["benchmarks"]["eval"]["tasks"]
+    assert 0 < tasks["spatial grounding"]["mIoU"] < 1  # the shifted oracle: non-trivial figures
+    assert "J&F" in tasks["segmentation/video"]  # masks came from the tiny SAM2 on each rank
+    rows = (tmp_path / "out2" / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) == results[1]["benchmarks"]["eval"]["samples"]

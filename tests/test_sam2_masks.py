@@ -601,3 +601,12 @@ def test_read_image_rgb(tmp_path: Path) -> None:
         read_image(tmp_path / "c.png")
     with pytest.raises(MediaError):
         read_image(tmp_path / "none.png")
+
+
+def test_tiny_name_builds_offline_models_for_both_media():
+    predictor = Sam2MaskPredictor("tiny", device="cpu")
+    image = np.zeros((32, 48, 3), np.uint8)
+    prompt = SegmentationPrompt([4.0, 4.0, 20.0, 20.0], [[8.0, 8.0]] * 3, [[40.0, 30.0]] * 3, 0.0)
+    assert predictor.image_mask(image, prompt).shape == (32, 48)
+    assert predictor.video_masks(np.zeros((3, 32, 48, 3), np.uint8), 1, prompt).shape == (3, 32, 48)
+    assert predictor.device.type == "cpu" and Sam2MaskPredictor("tiny").device.type in ("cpu", "cuda")
