@@ -148,3 +148,36 @@ def test_ablation_arm_differs_only_in_advantage(arm: str, tmp_path: Path):
     recipe = yaml.safe_load((EXPERIMENTS / "demo" / "ema_grpo.yaml").read_text())["model"]["init_args"]
     for key in ("rollouts_per_prompt", "prompts_per_update", "filter_band", "clip_high"):  # the rest is the recipe's
         assert printed["model"]["init_args"][key] == recipe[key]
+
+
+EVAL = EXPERIMENTS / "eval"
+EVAL_FAMILIES = sorted(p for p in EVAL.glob("*.yaml") if p.name not in ("demo.yaml", "onethinker_8b.yaml"))
+
+
+@pytest.mark.slow
+def test_eval_demo_config_runs_from_scratch(tmp_path: Path):
+    """`onethinker test --config experiments/eval/demo.yaml` writes the suite, then all three reports."""
+    result = onethinker("test", "--config", str(EVAL / "demo.yaml"), "--trainer.logger=false",
+                        "--data.synthetic_per_task=1", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "outputs" / "eval" / "demo"
+    metrics = yaml.safe_load((out / "metrics.json").read_text())
+    tasks = metrics["benchmarks"]["eval"]["tasks"]
+    assert len(tasks) == 16 and all(t["samples"] == 1 for t in tasks.values())
+    assert {"cIoU", "gIoU"} <= set(tasks["segmentation/image"]) and "J&F" in tasks["segmentation/video"]
+    assert (out / "summary.md").exists() and len((out / "predictions.jsonl").read_text().splitlines()) == 16
+
+
+@pytest.mark.parametrize("family", EVAL_FAMILIES, ids=lambda p: p.name)
+def test_eval_family_config_names_the_authors_files(family: Path, tmp_path: Path):
+    configs = [EXPERIMENTS / "shared" / "trainer_eval_gpu.yaml", EVAL / "onethinker_8b.yaml", family]
+    result = onethinker("test", *config_args(configs), "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = yaml.safe_load(result.stdout)
+    init = printed["model"]["init_args"]
+    assert init["backbone"]["init_args"]["model_name_or_path"] == "OneThink/OneThinker-8B"
+    assert init["mask_predictor"]["init_args"]["model_name_or_path"] == "facebook/sam2.1-hiera-large"
+    assert init["output_dir"] == f"outputs/eval/{family.stem}" and init["max_new_tokens"] == 8192
+    manifests = printed["data"]["test_manifests"]
+    assert manifests and all(Path(m).name.startswith("eval_") and m.endswith(".json") for m in manifests)
+    assert printed["data"]["mode"] == "eval" and printed["trainer"]["strategy"] == "ddp"
