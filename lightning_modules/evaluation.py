@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -24,6 +25,7 @@ from lightning_modules.evaluation_report import (
     PredictionStore,
     decode_mask,
     encode_mask,
+    row_key,
     write_metrics,
     write_summary,
 )
@@ -40,10 +42,8 @@ from rewards.parsing import extract_answer, normalize_response
 log = logging.getLogger(__name__)
 
 
-def ground_truth_masks(record: Any) -> Any:
+def ground_truth_masks(record: Any) -> np.ndarray:
     """A segmentation record's masks: [H, W] (image) or [T, H, W] over its sorted frame keys (video)."""
-    import numpy as np
-
     seg = record.segmentation_output
     if record.data_type == "image":
         return decode_mask(seg)
@@ -52,17 +52,6 @@ def ground_truth_masks(record: Any) -> Any:
             f"{record.source} problem_id={record.problem_id}: segmentation_output must map frames to RLE"
         )
     return np.stack([decode_mask(seg[k]) for k in sorted(seg, key=int)])
-
-
-def frames_for_keys(masks: Any, keys: list[str]) -> Any:
-    """Masks [T, H, W] at the frame indices ``keys``; a frame past the clip gets an empty mask."""
-    import numpy as np
-
-    out = np.zeros((len(keys), *masks.shape[1:]), dtype=bool)
-    for i, k in enumerate(keys):
-        if int(k) < masks.shape[0]:
-            out[i] = masks[int(k)]
-    return out
 
 
 class EvaluationModule(L.LightningModule):
@@ -153,8 +142,6 @@ class EvaluationModule(L.LightningModule):
         self.test_step(batch, batch_idx)
 
     def _row(self, meta: dict[str, Any], response: str) -> dict[str, Any]:
-        from datamodules.records import record_key
-
         key = (Path(meta["source"]).stem, int(meta["problem_id"]))
         record = self._records[key]
         row = {
@@ -170,7 +157,6 @@ class EvaluationModule(L.LightningModule):
             "media_size": meta["media_size"],
             "fps": meta["fps"],
         }
-        assert record_key(record) == key
         if meta["problem_type"] == "segmentation":
             row["mask"], row["mask_ok"] = self._segment(record, response)
         return row
@@ -225,7 +211,7 @@ class EvaluationModule(L.LightningModule):
         rows = [r for r in rows if (r["benchmark"], r["problem_id"]) in self._records]
         metrics = self.score(rows)
         seconds = torch.tensor([self._timing["seconds"]], dtype=torch.float64, device=self.device)
-        count = len(gathered)
+        count = len({row_key(r) for r in gathered})  # a padded sampler repeats rows
         seconds = float(self.trainer.strategy.reduce(seconds, reduce_op="max"))
         metrics["run"] = {
             "predicted_now": count,
@@ -253,7 +239,13 @@ class EvaluationModule(L.LightningModule):
                 light = self._scoring_row(r, with_masks=False)
                 scores.declare(light)
                 if i % world == rank:
-                    scores.update(self._scoring_row(r, with_masks=True))
+                    try:
+                        scores.update(self._scoring_row(r, with_masks=True))
+                    except ValueError as err:  # a malformed ground truth: name the record
+                        source = self._records[row_key(r)].source
+                        raise ValueError(
+                            f"{source}: problem_id={r['problem_id']}: field 'solution': {err}"
+                        ) from err
             for m in scores.all_metrics():
                 m.to(self.device)
             # Rounded so that sums taken in another order (other world sizes) write the same file.
@@ -286,7 +278,7 @@ class EvaluationModule(L.LightningModule):
             else:
                 keys = sorted(record.segmentation_output, key=int)
                 pred = {int(k): decode_mask(v) for k, v in row["mask"].items()}
-                stacked = torch.zeros(gt.shape, dtype=torch.bool).numpy()
+                stacked = np.zeros(gt.shape, dtype=bool)
                 for i, k in enumerate(keys):
                     if int(k) in pred and pred[int(k)].shape == gt.shape[1:]:
                         stacked[i] = pred[int(k)]

@@ -15,7 +15,7 @@ from rewards.parsing import strip_ground_truth
 def shifted_answer(problem_type: str, answer: str, box_shift: float = 0.0, time_shift: float = 0.0) -> str:
     """The ground-truth answer text with its boxes and times moved."""
     gt = strip_ground_truth(answer)
-    if problem_type not in (
+    if not (box_shift or time_shift) or problem_type not in (
         "temporal grounding",
         "spatial grounding",
         "spatial-temporal grounding",

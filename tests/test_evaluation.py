@@ -50,7 +50,11 @@ def synthetic_processor():
 
 
 def run_eval(suite: Path, out: Path, backbone: OracleBackbone, processor, **module_kwargs) -> dict:
-    dm = OneThinkerDataModule(mode="eval", test_manifests=[str(suite / "eval.json")], eval_batch_size=4)
+    return run_eval_file(suite / "eval.json", out, backbone, processor, **module_kwargs)
+
+
+def run_eval_file(manifest: Path, out: Path, backbone: OracleBackbone, processor, **module_kwargs) -> dict:
+    dm = OneThinkerDataModule(mode="eval", test_manifests=[str(manifest)], eval_batch_size=4)
     dm.connect(processor)
     module = EvaluationModule(
         backbone, output_dir=str(out), max_new_tokens=8, mask_source="ground_truth", **module_kwargs
@@ -224,3 +228,13 @@ def test_two_processes_write_the_same_metrics_as_one(suite, tmp_path):
     assert "J&F" in tasks["segmentation/video"]  # masks came from the tiny SAM2 on each rank
     rows = (tmp_path / "out2" / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == results[1]["benchmarks"]["eval"]["samples"]
+
+
+def test_malformed_solution_names_file_record_and_field(suite, synthetic_processor, tmp_path):
+    records = json.loads((suite / "eval.json").read_text())
+    bad = next(r for r in records if r["problem_type"] == "temporal grounding")
+    bad["solution"] = '<answer>{"time": "soon"}</answer>'
+    broken = tmp_path / "eval_broken.json"
+    broken.write_text(json.dumps([{**r, "path": str(suite / r["path"])} for r in records]))
+    with pytest.raises(ValueError, match=rf"eval_broken.json: problem_id={bad['problem_id']}: field 'solution'"):
+        run_eval_file(broken, tmp_path / "out", OracleBackbone(synthetic_processor), synthetic_processor)
