@@ -236,5 +236,7 @@ def test_malformed_solution_names_file_record_and_field(suite, synthetic_process
     bad["solution"] = '<answer>{"time": "soon"}</answer>'
     broken = tmp_path / "eval_broken.json"
     broken.write_text(json.dumps([{**r, "path": str(suite / r["path"])} for r in records]))
-    with pytest.raises(ValueError, match=rf"eval_broken.json: problem_id={bad['problem_id']}: field 'solution'"):
+    with pytest.raises(
+        ValueError, match=rf"eval_broken.json: problem_id={bad['problem_id']}: field 'solution'"
+    ):
         run_eval_file(broken, tmp_path / "out", OracleBackbone(synthetic_processor), synthetic_processor)
