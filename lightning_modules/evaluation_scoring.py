@@ -23,7 +23,7 @@ from metrics import (
     JAndF,
     TemporalGroundingRecall,
 )
-from rewards import score
+from rewards import box_iou, score
 from rewards.parsing import (
     answer_for_accuracy,
     as_number_list,
@@ -82,17 +82,6 @@ def second_boxes(obj: Any) -> dict[str, list[float]]:
         if box is not None:
             out[str(key)] = box
     return out
-
-
-def box_iou(a: list[float], b: list[float]) -> float:
-    """IoU of two xyxy boxes as the OneThinker script computes it (degenerate boxes have area 0)."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (
-        max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
-    )
-    return inter / union if union > 1e-12 else 0.0
 
 
 def shared_seconds_iou(pred: dict[str, list[float]], gt: dict[str, list[float]]) -> float:

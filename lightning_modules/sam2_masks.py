@@ -293,39 +293,39 @@ class Sam2MaskPredictor:
 
     # Lazy loading ---------------------------------------------------------------------------------------
 
-    def _load_image(self) -> None:
-        if self._image_model is not None:
+    def _load(self, video: bool) -> None:
+        """Load the image or the video model and its processor, once."""
+        if (self._video_model if video else self._image_model) is not None:
             return
+        kind = "video" if video else "image"
         if not self._can_load:
-            raise RuntimeError("no image model was given to from_models")
-        if self.model_name_or_path == TINY:
-            self._load_tiny()
+            raise RuntimeError(f"no {kind} model was given to from_models")
+        name = self.video_model_name_or_path if video else self.model_name_or_path
+        if name == TINY:
+            models = tiny_sam2()
+            self._image_model, self._video_model = (m.to(self.device, self.dtype).eval() for m in models[::2])
+            self._image_processor, self._video_processor = models[1], models[3]
             return
-        from transformers import Sam2Model, Sam2Processor
+        import transformers
 
-        model = Sam2Model.from_pretrained(self.model_name_or_path, dtype=self.dtype)
-        self._image_model = model.to(self.device).eval()
-        self._image_processor = Sam2Processor.from_pretrained(self.model_name_or_path)
+        prefix = "Sam2Video" if video else "Sam2"
+        model = (
+            getattr(transformers, f"{prefix}Model")
+            .from_pretrained(name, dtype=self.dtype)
+            .to(self.device)
+            .eval()
+        )
+        processor = getattr(transformers, f"{prefix}Processor").from_pretrained(name)
+        if video:
+            self._video_model, self._video_processor = model, processor
+        else:
+            self._image_model, self._image_processor = model, processor
 
-    def _load_tiny(self) -> None:
-        image_model, image_processor, video_model, video_processor = tiny_sam2()
-        self._image_model = image_model.to(self.device, self.dtype).eval()
-        self._video_model = video_model.to(self.device, self.dtype).eval()
-        self._image_processor, self._video_processor = image_processor, video_processor
+    def _load_image(self) -> None:
+        self._load(video=False)
 
     def _load_video(self) -> None:
-        if self._video_model is not None:
-            return
-        if not self._can_load:
-            raise RuntimeError("no video model was given to from_models")
-        if self.video_model_name_or_path == TINY:
-            self._load_tiny()
-            return
-        from transformers import Sam2VideoModel, Sam2VideoProcessor
-
-        model = Sam2VideoModel.from_pretrained(self.video_model_name_or_path, dtype=self.dtype)
-        self._video_model = model.to(self.device).eval()
-        self._video_processor = Sam2VideoProcessor.from_pretrained(self.video_model_name_or_path)
+        self._load(video=True)
 
     @property
     def image_model(self) -> Any:
