@@ -14,8 +14,12 @@ comparable. Throughput counts ``attention_mask`` tokens from the end of the warm
 end of the last step. The first step's loss of both sides is printed as a check that they optimise
 the same objective.
 
+``--gpu-8b`` runs both sides on CUDA instead, on a randomly initialised Qwen3-VL-8B-shaped model in bf16
+(gradient checkpointing, fused AdamW with bf16 states), each in a fresh process, and reports tokens/s,
+peak GPU memory and MFU of each side and their ratio.
+
     python benchmarks/bench_sft.py --steps 8 --batch-size 4 --repeats 3
-    python benchmarks/bench_sft.py --gpu-8b --steps 12 --batch-size 4   # CUDA: 8B-shaped Qwen3-VL, tokens/s + MFU
+    python benchmarks/bench_sft.py --gpu-8b --steps 12 --batch-size 4   # CUDA: 8B-shaped Qwen3-VL, ours vs peer
 """
 
 from __future__ import annotations
@@ -263,6 +267,9 @@ def run_peer(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, 
 def run_side(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.gpu_8b:
+        print(RESULT_PREFIX + json.dumps(run_gpu_side(args)), flush=True)
+        return
     batches = torch.load(args.data, weights_only=False)
     if args.side == "ours":
         result = run_ours(batches, args.steps, args.warmup, args.seed)
@@ -277,11 +284,14 @@ def spawn(side: str, data: Path, args: argparse.Namespace) -> dict:
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--seed", str(args.seed)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.gpu_8b:
+        cmd += ["--gpu-8b", "--profile-step", str(args.profile_step)] + (["--gpu-smoke"] if args.gpu_smoke else [])
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
+            return {**json.loads(line[len(RESULT_PREFIX) :]), "process_seconds": time.perf_counter() - started}
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
     raise RuntimeError(f"--side {side} failed (exit {proc.returncode})")
 
@@ -345,46 +355,107 @@ def peak_tflops(name: str, override: float | None) -> tuple[float | None, str]:
     return None, "unknown GPU: pass --peak-tflops"
 
 
+PIXEL_KEYS = ("pixel_values", "pixel_values_videos")
+
+
+def pack_pixels(batch: dict[str, Any]) -> dict[str, Any]:
+    """Pixel tensors as the uint8 values they were normalised from ((x / 255 - 0.5) / 0.5), when exact:
+    a quarter of the bytes in a ``--batches-file``."""
+    out = dict(batch)
+    for key in PIXEL_KEYS:
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            x = (value.double() * 0.5 + 0.5) * 255
+            r = x.round()
+            if float((x - r).abs().max()) < 1e-3 and float(r.min()) >= 0 and float(r.max()) <= 255:
+                out[key] = {"uint8": r.to(torch.uint8)}
+    return out
+
+
+def unpack_pixels(batch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(batch)
+    for key in PIXEL_KEYS:
+        if isinstance(batch.get(key), dict):
+            out[key] = (batch[key]["uint8"].float() / 255 - 0.5) / 0.5
+    return out
+
+
+def load_or_build_batches(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], str]:
+    """The pre-collated batches: from ``--batches-file`` if it exists, else collated now (and saved there)."""
+    if args.batches_file is not None and args.batches_file.is_file():
+        saved = torch.load(args.batches_file, weights_only=False)
+        return [unpack_pixels(b) for b in saved["batches"]], saved["what"] + f" (loaded from {args.batches_file.name})"
+    batches, what = build_batches(args.batches, args.batch_size, args.seed, work)
+    if args.batches_file is not None:
+        args.batches_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"batches": [pack_pixels(b) for b in batches], "what": what}, args.batches_file)
+    return batches, what
+
+
 def run_gpu_8b(args: argparse.Namespace) -> None:
-    """`SFTModule` on an 8B-shaped Qwen3-VL in bf16 on CUDA: tokens/s and MFU (skips without CUDA)."""
-    if not torch.cuda.is_available():
+    """`SFTModule` vs ``transformers.Trainer`` on an 8B-shaped Qwen3-VL in bf16 on CUDA, each side in a
+    fresh process on the same batches: tokens/s, peak GPU memory and MFU (skips without CUDA)."""
+    if not torch.cuda.is_available() and not args.gpu_smoke:
         print("--gpu-8b: skipped, CUDA is not available on this machine (nothing measured).")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        batches, what = build_batches(args.batches, args.batch_size, args.seed, Path(tmp))
-    print(f"data: {what}\n  {describe_batches(batches)}")
-    r = train_config(qwen3_vl_8b_config(), batches, args.steps, args.warmup, args.seed, "cuda")
+        batches, what = load_or_build_batches(args, Path(tmp))
+        data = Path(tmp) / "batches.pt"
+        torch.save(batches, data)
+        print(f"data: {what}\n  {describe_batches(batches)}", flush=True)
+        runs: dict[str, list[dict]] = {"ours": [], "peer": []}
+        for i in range(args.repeats):
+            for side in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
+                r = spawn(side, data, args)
+                runs[side].append(r)
+                print(f"[{side}] {r['tokens_per_s']:.0f} tokens/s, {r['s_per_step']:.3f} s/step, peak "
+                      f"{r['peak_gpu_gib']:.1f} GiB allocated ({r['peak_reserved_gib']:.1f} reserved), first loss "
+                      f"{r['first_loss']:.5f}; process {r['process_seconds']:.0f} s (model built in {r['build_s']:.0f} s, "
+                      f"fit {r['fit_s']:.0f} s); step seconds " + ", ".join(f"{x:.2f}" for x in r["step_seconds"]), flush=True)
+                print_profile(side, r.get("profile"))
+    ours, peer = (median_run(runs[side]) for side in ("ours", "peer"))
+    peak, source = peak_tflops(ours["device"], args.peak_tflops)
     print(
-        f"model: Qwen3-VL-8B-shaped, random bf16 weights, {r['attn']}, gradient checkpointing, fused AdamW "
-        f"(bf16 states); {r['params'] / 1e9:.2f}B params, {r['trainable'] / 1e9:.2f}B trainable "
-        f"(vision tower + projector frozen); built in {r['build_s']:.0f}s"
+        f"\nmodel: {ours['model']}, random bf16 weights, {ours['attn']}, gradient checkpointing (non-reentrant), "
+        f"fused AdamW (bf16 states), lr 1e-5, wd 0, cosine; {ours['params'] / 1e9:.2f}B params, "
+        f"{ours['trainable'] / 1e9:.2f}B trainable (vision tower + projector frozen)"
     )
-    name = torch.cuda.get_device_name()
-    peak, source = peak_tflops(name, args.peak_tflops)
-    achieved = 6 * r["n_flops"] * r["tokens_per_s"] / 1e12
-    mfu = f"{achieved / peak:.1%}" if peak else "n/a"
-    print(f"\nGPU: {name}, torch {torch.__version__}, {args.steps} steps ({args.warmup} warm-up)")
-    print(f"  {'tokens/s':>10} {'s/step':>8} {'TFLOP/s':>9} {'MFU':>7} {'peak mem':>10}")
-    print(
-        f"  {r['tokens_per_s']:>10.0f} {r['s_per_step']:>8.3f} {achieved:>9.1f} {mfu:>7} "
-        f"{mib(torch.cuda.max_memory_allocated()) / 1024:>8.1f}GiB"
-    )
-    print(f"  MFU = 6 * N * tokens/s / peak, N = {r['n_flops'] / 1e9:.2f}B (language model without input embeddings, + lm_head)")
-    print(f"  peak = {peak} TFLOP/s ({source}); last loss {r['last_loss']:.4f}")
+    print(f"GPU: {ours['device']}, torch {ours['torch']}, transformers {ours['transformers']}, "
+          f"{args.steps} steps per side ({args.warmup} warm-up"
+          + (f", step {args.profile_step} profiled and left out" if args.profile_step >= 0 else "")
+          + f"), median of {args.repeats}")
+    print(f"  {'side':<5} {'tokens/s':>10} {'s/step':>8} {'TFLOP/s':>9} {'MFU':>7} {'peak alloc':>11} {'peak reserved':>14} {'loss step 1':>12}")
+    for r in (ours, peer):
+        achieved = 6 * r["n_flops"] * r["tokens_per_s"] / 1e12
+        mfu = f"{achieved / peak:.1%}" if peak else "n/a"
+        print(
+            f"  {r['side']:<5} {r['tokens_per_s']:>10.0f} {r['s_per_step']:>8.3f} {achieved:>9.1f} {mfu:>7} "
+            f"{r['peak_gpu_gib']:>8.1f}GiB {r['peak_reserved_gib']:>11.1f}GiB {r['first_loss']:>12.5f}"
+        )
+    ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
+    print(f"  ours/peer: tokens/s {ratio:.2f}x; peak allocated {ours['peak_gpu_gib'] / max(peer['peak_gpu_gib'], 1e-9):.2f}x; "
+          f"first-step loss |ours - peer| = {abs(ours['first_loss'] - peer['first_loss']):.2e}")
+    print(f"  MFU = 6 * N * tokens/s / peak, N = {ours['n_flops'] / 1e9:.2f}B (language model without input embeddings, "
+          f"+ lm_head); peak = {peak} TFLOP/s ({source})")
 
 
-def train_config(config: Any, batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, device: str) -> dict:
-    """Fit `SFTModule` around a randomly initialised bf16 model of ``config`` on ``device`` (``cuda`` or ``cpu``)."""
-    import functools
+def gpu_config(args: argparse.Namespace) -> tuple[Any, str, str]:
+    """(config, name, device) of the GPU measurement; ``--gpu-smoke``: the tiny config on CPU (code-path check)."""
+    if args.gpu_smoke:
+        from lightning_modules.presets import tiny_config
 
-    import lightning as L
-    from torch.utils.data import DataLoader
+        return tiny_config("qwen3_vl"), "tiny Qwen3-VL (smoke test)", "cpu"
+    return qwen3_vl_8b_config(), "Qwen3-VL-8B-shaped", "cuda"
+
+
+def build_gpu_model(config: Any, seed: int, device: str) -> tuple[Any, dict]:
+    """A randomly initialised bf16 model of ``config`` on ``device`` (same weights for the same seed), with
+    non-reentrant gradient checkpointing and the vision tower and projector frozen."""
+    import transformers
     from transformers import AutoModelForImageTextToText
 
-    from lightning_modules.backbone import VisionLanguageBackbone, resolve_attention
-    from lightning_modules.sft import SFTModule
+    from lightning_modules.backbone import resolve_attention
 
-    cuda = device == "cuda"
     attn = resolve_attention("auto")
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -392,11 +463,127 @@ def train_config(config: Any, batches: list[dict[str, Any]], steps: int, warmup:
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    model.model.visual.requires_grad_(False)
+    model.train()
     total, n_flops = flops_params(model)
+    info = {
+        "attn": attn,
+        "params": total,
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "n_flops": n_flops,
+        "build_s": time.perf_counter() - t0,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    return model, info
+
+
+class StepProfiler:
+    """torch.profiler over one optimizer step (0-based ``step``; off when negative): top ops by self device
+    time and by self CPU time, and the step's summed kernel time against its wall time."""
+
+    def __init__(self, step: int, cuda: bool) -> None:
+        self.step, self.cuda = step, cuda
+        self.prof: Any = None
+        self.started = 0.0
+        self.report: dict[str, Any] | None = None
+
+    def begin(self, index: int) -> None:
+        if index != self.step:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        self.prof = profile(activities=activities)
+        self.prof.__enter__()
+        self.started = time.perf_counter()
+
+    def end(self, index: int) -> None:
+        if index != self.step or self.prof is None:
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - self.started
+        self.prof.__exit__(None, None, None)
+        events = self.prof.key_averages()
+
+        def top(key: str, n: int) -> list[list]:
+            rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:n]
+            return [[e.key[:70], e.count, e.self_device_time_total / 1e3, e.self_cpu_time_total / 1e3] for e in rows]
+
+        from torch.autograd import DeviceType
+
+        # Operator rows (aten::mm, ...) carry the device time of the kernels they launched, and each kernel
+        # also has a row of its own: count only the device-side rows, so each kernel is counted once.
+        kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+        self.report = {
+            "step": self.step,
+            "wall_ms": wall * 1e3,
+            "kernel_ms": sum(e.self_device_time_total for e in kernels) / 1e3,
+            "top_device": top("self_device_time_total", 15),
+            "top_cpu": top("self_cpu_time_total", 10),
+        }
+
+
+def print_profile(side: str, report: dict[str, Any] | None) -> None:
+    if not report:
+        return
+    print(f"  [{side}] profile of step {report['step']}: wall {report['wall_ms']:.0f} ms, GPU kernel time "
+          f"{report['kernel_ms']:.0f} ms (device-side rows summed)")
+    for title, rows in (("by self device time", report["top_device"]), ("by self CPU time", report["top_cpu"])):
+        print(f"    {title}: {'op':<70} {'calls':>6} {'dev ms':>8} {'cpu ms':>8}")
+        for name, count, dev, cpu in rows:
+            print(f"      {name:<70} {count:>6} {dev:>8.1f} {cpu:>8.1f}")
+
+
+def gpu_result(side: str, info: dict, ends: list[float], tokens: list[int], losses: list[float], warmup: int, cuda: bool,
+               skip: int = -1) -> dict:
+    """Throughput over the steps after ``warmup``, leaving out step ``skip`` (the profiled one) if any."""
+    timed = [i for i in range(warmup, len(ends)) if i != skip]
+    seconds = sum(ends[i] - ends[i - 1] for i in timed)
+    return {
+        **info,
+        "side": side,
+        "steps": len(ends),
+        "timed_steps": len(timed),
+        "tokens_per_s": sum(tokens[i] for i in timed) / seconds,
+        "s_per_step": seconds / len(timed),
+        "step_seconds": [b - a for a, b in zip(ends[:-1], ends[1:])],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0,
+    }
+
+
+def train_config(config: Any, batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, device: str,
+                 profile_step: int = -1) -> dict:
+    """Fit `SFTModule` around a randomly initialised bf16 model of ``config`` on ``device`` (``cuda`` or ``cpu``)."""
+    import functools
+
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.sft import SFTModule
+
+    cuda = device == "cuda"
+    model, info = build_gpu_model(config, seed, device)
     backbone = VisionLanguageBackbone("tiny", seed=seed)  # for its processor-side settings; its tiny model is swapped out
     backbone.model = model
     backbone.set_trainable(vision_tower=False, projector=False)
-    build_s = time.perf_counter() - t0
+
+    profiler = StepProfiler(profile_step, cuda)
+
+    class ProfileHook(L.Callback):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            profiler.begin(batch_idx)
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            profiler.end(batch_idx)
 
     clock = lightning_clock(cuda)
     if cuda:
@@ -412,21 +599,99 @@ def train_config(config: Any, batches: list[dict[str, Any]], steps: int, warmup:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[clock],
+        callbacks=[clock, ProfileHook()],
     )
     loader = DataLoader(step_order(batches, steps), batch_size=1, shuffle=False, collate_fn=first)
+    t0 = time.perf_counter()
     trainer.fit(SFTModule(backbone, optimizer=optimizer), loader)
-    seconds = clock.ends[-1] - clock.ends[warmup - 1]
-    return {
-        "attn": attn,
-        "params": total,
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "n_flops": n_flops,
-        "build_s": build_s,
-        "tokens_per_s": sum(clock.tokens[warmup:]) / seconds,
-        "s_per_step": seconds / (len(clock.ends) - warmup),
-        "last_loss": clock.losses[-1],
-    }
+    fit_s = time.perf_counter() - t0
+    return {**gpu_result("ours", info, clock.ends, clock.tokens, clock.losses, warmup, cuda, profile_step), "fit_s": fit_s,
+            "profile": profiler.report}
+
+
+def train_config_peer(config: Any, batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, device: str,
+                      work: Path, profile_step: int = -1) -> dict:
+    """``transformers.Trainer`` on the same model (same seed, frozen parts, checkpointing) and batches:
+    the model's own forward with ``labels``, fused AdamW with bf16 states, lr 1e-5, wd 0, cosine."""
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    cuda = device == "cuda"
+    model, info = build_gpu_model(config, seed, device)
+    order = [{k: b[k] for k in PEER_KEYS if b.get(k) is not None} for b in step_order(batches, steps)]
+
+    class Batches(Dataset):
+        def __len__(self) -> int:
+            return len(order)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return order[i]
+
+    profiler = StepProfiler(profile_step, cuda)
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            profiler.begin(state.global_step)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.ends.append(time.perf_counter())
+            profiler.end(state.global_step - 1)
+
+    class LossTrainer(Trainer):
+        losses: list[float] = []
+
+        def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            loss = super().training_step(*args, **kwargs)
+            self.losses.append(float(loss))
+            return loss
+
+    args = TrainingArguments(
+        output_dir=str(work / "hf"),
+        max_steps=steps,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-5,
+        weight_decay=0.0,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        lr_scheduler_type="cosine",
+        warmup_steps=math.ceil(0.02 * steps),  # as WarmupSchedule("cosine", 0.02)
+        train_sampling_strategy="sequential",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to=[],
+        use_cpu=not cuda,
+        bf16=False,  # the weights are bf16 already (as Lightning's bf16-true): no autocast on either side
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=seed,
+    )
+    clock = Clock()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer = LossTrainer(model=model, args=args, train_dataset=Batches(), data_collator=first, callbacks=[clock])
+    t0 = time.perf_counter()
+    trainer.train()
+    fit_s = time.perf_counter() - t0
+    tokens = [int(b["attention_mask"].sum()) for b in order]
+    return {**gpu_result("peer", info, clock.ends, tokens, trainer.losses, warmup, cuda, profile_step), "fit_s": fit_s,
+            "profile": profiler.report}
+
+
+def run_gpu_side(args: argparse.Namespace) -> dict:
+    batches = torch.load(args.data, weights_only=False)
+    config, name, device = gpu_config(args)
+    if args.side == "ours":
+        result = train_config(config, batches, args.steps, args.warmup, args.seed, device, args.profile_step)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train_config_peer(config, batches, args.steps, args.warmup, args.seed, device, Path(tmp), args.profile_step)
+    return {**result, "model": name}
 
 
 # --------------------------------------------------------------------------- driver
@@ -441,7 +706,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="fresh processes per side, order alternating; median reported")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--gpu-8b", action="store_true", help="8B-shaped Qwen3-VL on CUDA (ours only): tokens/s and MFU")
+    ap.add_argument("--gpu-8b", action="store_true",
+                    help="8B-shaped Qwen3-VL on CUDA, ours vs transformers.Trainer: tokens/s, peak GPU memory, MFU")
+    ap.add_argument("--batches-file", type=Path, default=None,
+                    help="pre-collated batches: loaded if the file exists, else collated and saved there")
+    ap.add_argument("--profile-step", type=int, default=-1,
+                    help="--gpu-8b: profile this 0-based step on each side with torch.profiler, left out of the timing (-1: off)")
+    ap.add_argument("--gpu-smoke", action="store_true", help=argparse.SUPPRESS)  # --gpu-8b's code path, tiny model, CPU
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s for MFU (default: by GPU name)")
     ap.add_argument("--side", choices=("ours", "peer"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
