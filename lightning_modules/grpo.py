@@ -276,7 +276,9 @@ class GRPOModule(L.LightningModule):
         def part_batch(pi: int, rows: list[int]) -> dict[str, Any]:
             ro = parts[pi].rollouts
             mb = select_rows({**ro.batch, "response_mask": ro.response_mask}, rows)
-            mb["advantages"] = torch.tensor([row_advantage[(pi, r)] for r in rows], device=mb["input_ids"].device)
+            mb["advantages"] = torch.tensor(  # float32 also under bf16-true, whose default dtype is bf16
+                [row_advantage[(pi, r)] for r in rows], dtype=torch.float32, device=mb["input_ids"].device
+            )
             return mb
 
         all_groups = list(range(len(group_rows)))

@@ -318,7 +318,7 @@ def mixed_task_manifest(root: Path, media_files: dict[str, str] | None = None) -
 
 
 def grpo_run(manifest: str, max_steps: int, *, filter_groups: bool = True, ckpt_dir: Path | None = None,
-             ckpt_path: str | None = None, **module_kw: Any) -> tuple[GRPOModule, LogSpy, OneThinkerDataModule, TaskRewardStatsCallback, list]:
+             ckpt_path: str | None = None, trainer_kw: dict[str, Any] | None = None, **module_kw: Any) -> tuple[GRPOModule, LogSpy, OneThinkerDataModule, TaskRewardStatsCallback, list]:
     backbone = VisionLanguageBackbone("tiny", seed=0)
     kw: dict[str, Any] = dict(
         rollout=HFGenerateEngine(max_new_tokens=4), rollouts_per_prompt=4, advantage="ema_grpo", filter_groups=filter_groups,
@@ -343,7 +343,9 @@ def grpo_run(manifest: str, max_steps: int, *, filter_groups: bool = True, ckpt_
     callbacks: list[L.Callback] = [stats]
     if ckpt_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1, filename="{step}"))
-    trainer(max_steps, callbacks, enable_checkpointing=ckpt_dir is not None).fit(module, dm, ckpt_path=ckpt_path)
+    trainer(max_steps, callbacks, enable_checkpointing=ckpt_dir is not None, **(trainer_kw or {})).fit(
+        module, dm, ckpt_path=ckpt_path
+    )
     return module, spy, dm, stats, resamples
 
 
@@ -431,3 +433,20 @@ def test_ema_grpo_without_the_stats_callback_fails_clearly(toy_rewards, tmp_path
     dm.connect(backbone.processor)
     with pytest.raises(RuntimeError, match="TaskRewardStatsCallback"):
         trainer(1, []).fit(module, dm)
+
+
+def test_advantages_stay_float32_under_bf16_true(toy_rewards, tmp_path: Path, monkeypatch):
+    """bf16-true makes bf16 the default dtype inside the step; advantages must not be rounded to it."""
+    import lightning_modules.grpo as grpo_module
+
+    seen: list[torch.dtype] = []
+    real = grpo_module.policy_loss
+
+    def spy(logp, old, advantages, *args, **kwargs):
+        seen.append(advantages.dtype)
+        return real(logp, old, advantages, *args, **kwargs)
+
+    monkeypatch.setattr(grpo_module, "policy_loss", spy)
+    grpo_run(mixed_task_manifest(tmp_path), 1, filter_groups=False, advantage="grpo",
+             trainer_kw={"precision": "bf16-true"})  # fmt: skip
+    assert seen and all(d == torch.float32 for d in seen)
