@@ -393,7 +393,7 @@ def plot_curves(curves: Curves, path: str | Path, advantages: Sequence[str] | No
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else (0, 0, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -418,7 +418,7 @@ def summarize(
     table.write_text(markdown_table(final, advantages, last_k, name, len(seeds) if seeds is not None else None))
     plot = None
     if curves:
-        plot = str(plot_curves(curves, out / "ablation_rewards.png", advantages, title=f"ablation {name}".strip()))
+        plot = str(plot_curves(curves, out / "ablation_rewards.png", advantages, title=f"{name}: {METRIC} per task, mean over seeds (band: min–max)"))
     else:
         warnings.warn("ablate: no run produced reward curves; no plot written", stacklevel=2)
     (out / "ablation_final.json").write_text(json.dumps(final, indent=1))
