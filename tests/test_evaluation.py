@@ -177,6 +177,10 @@ def test_interrupted_run_resumes_to_the_same_metrics(suite, synthetic_processor,
     assert resumed["benchmarks"] == reference["benchmarks"]
     assert resumed["run"]["predicted_now"] == total - 12
     assert len((tmp_path / "resumed" / "predictions.jsonl").read_text().splitlines()) == total
+    idle = OracleBackbone(synthetic_processor, box_shift=BOX_SHIFT)
+    rerun = run_eval(suite, tmp_path / "resumed", idle, synthetic_processor)  # everything is done already
+    assert idle.calls == 0 and rerun["run"]["predicted_now"] == 0
+    assert rerun["benchmarks"] == reference["benchmarks"]
 
 
 DDP_SCRIPT = """
