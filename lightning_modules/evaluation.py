@@ -185,8 +185,10 @@ class EvaluationModule(L.LightningModule):
     def on_predict_epoch_end(self) -> None:
         self._finish()
 
-    def on_test_end(self) -> None:
-        if self.results is None:  # nothing was left to predict: the epoch hooks did not run
+    def teardown(self, stage: str) -> None:
+        # With nothing left to predict Lightning skips the loop and its hooks; teardown still runs
+        # (and never after a crash), so the reports are rewritten from predictions.jsonl.
+        if stage in ("test", "predict") and self.results is None and self._store is not None:
             self._finish()
 
     def _gather(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
