@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--per-task", type=int, default=4)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--sft-steps", type=int, default=None, help="override the demo SFT run's max_steps")
-    demo.add_argument("--grpo-steps", type=int, default=None, help="override the demo EMA-GRPO run's max_steps")
+    demo.add_argument(
+        "--grpo-steps", type=int, default=None, help="override the demo EMA-GRPO run's max_steps (updates, 4 per RL step)"
+    )
     demo.set_defaults(run=_demo)
 
     ablate = sub.add_parser(
