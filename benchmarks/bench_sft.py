@@ -205,20 +205,27 @@ def run_ours(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int) 
     return summarise("ours", clock.ends, clock.tokens, clock.losses, warmup, rss_before)
 
 
-def run_peer(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, work: Path) -> dict:
+
+def listed(items: list[dict[str, Any]]) -> Any:
+    """A map-style Dataset over pre-collated batches (what the peer's Trainer iterates)."""
     from torch.utils.data import Dataset
+
+    class Listed(Dataset):
+        def __len__(self) -> int:
+            return len(items)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return items[i]
+
+    return Listed()
+
+def run_peer(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, work: Path) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from lightning_modules.backbone import VisionLanguageBackbone
 
     order = [{k: b[k] for k in PEER_KEYS if b.get(k) is not None} for b in step_order(batches, steps)]
 
-    class Batches(Dataset):
-        def __len__(self) -> int:
-            return len(order)
-
-        def __getitem__(self, i: int) -> dict[str, Any]:
-            return order[i]
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
@@ -257,7 +264,7 @@ def run_peer(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, 
         seed=seed,
     )
     clock = Clock()
-    trainer = LossTrainer(model=model, args=args, train_dataset=Batches(), data_collator=first, callbacks=[clock])
+    trainer = LossTrainer(model=model, args=args, train_dataset=listed(order), data_collator=first, callbacks=[clock])
     rss_before = rss_mib()
     trainer.train()
     tokens = [int(b["attention_mask"].sum()) for b in order]
@@ -613,19 +620,12 @@ def train_config_peer(config: Any, batches: list[dict[str, Any]], steps: int, wa
                       work: Path, profile_step: int = -1) -> dict:
     """``transformers.Trainer`` on the same model (same seed, frozen parts, checkpointing) and batches:
     the model's own forward with ``labels``, fused AdamW with bf16 states, lr 1e-5, wd 0, cosine."""
-    from torch.utils.data import Dataset
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     cuda = device == "cuda"
     model, info = build_gpu_model(config, seed, device)
     order = [{k: b[k] for k in PEER_KEYS if b.get(k) is not None} for b in step_order(batches, steps)]
 
-    class Batches(Dataset):
-        def __len__(self) -> int:
-            return len(order)
-
-        def __getitem__(self, i: int) -> dict[str, Any]:
-            return order[i]
 
     profiler = StepProfiler(profile_step, cuda)
 
@@ -674,7 +674,7 @@ def train_config_peer(config: Any, batches: list[dict[str, Any]], steps: int, wa
     clock = Clock()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    trainer = LossTrainer(model=model, args=args, train_dataset=Batches(), data_collator=first, callbacks=[clock])
+    trainer = LossTrainer(model=model, args=args, train_dataset=listed(order), data_collator=first, callbacks=[clock])
     t0 = time.perf_counter()
     trainer.train()
     fit_s = time.perf_counter() - t0
