@@ -172,7 +172,9 @@ class EvaluationModule(L.LightningModule):
             else:
                 media, fps = read_frames(path)
             height, width = media.shape[-3:-1]
-            prompt = parse_segmentation_prompt(response, width, height, record.data_type)
+            prompt = parse_segmentation_prompt(
+                response, width, height, record.data_type, lenient=self.lenient_json
+            )
             masks, ok = predict_masks(self._masks(), media, prompt, record.data_type, record.fps or fps)
         if record.data_type == "image":
             return encode_mask(masks), ok
