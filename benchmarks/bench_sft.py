@@ -219,8 +219,23 @@ def listed(items: list[dict[str, Any]]) -> Any:
 
     return Listed()
 
+
+def loss_recording_trainer() -> Any:
+    """``transformers.Trainer`` that keeps each step's loss (to compare the first losses with ours)."""
+    from transformers import Trainer
+
+    class LossTrainer(Trainer):
+        losses: list[float] = []
+
+        def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            loss = super().training_step(*args, **kwargs)
+            self.losses.append(float(loss))
+            return loss
+
+    return LossTrainer
+
 def run_peer(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, work: Path) -> dict:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback, TrainingArguments
 
     from lightning_modules.backbone import VisionLanguageBackbone
 
@@ -234,13 +249,7 @@ def run_peer(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.ends.append(time.perf_counter())
 
-    class LossTrainer(Trainer):
-        losses: list[float] = []
-
-        def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            loss = super().training_step(*args, **kwargs)
-            self.losses.append(float(loss))
-            return loss
+    LossTrainer = loss_recording_trainer()
 
     model = VisionLanguageBackbone("tiny", seed=seed).hf_model  # same weights and frozen parts as ours
     args = TrainingArguments(
@@ -620,7 +629,7 @@ def train_config_peer(config: Any, batches: list[dict[str, Any]], steps: int, wa
                       work: Path, profile_step: int = -1) -> dict:
     """``transformers.Trainer`` on the same model (same seed, frozen parts, checkpointing) and batches:
     the model's own forward with ``labels``, fused AdamW with bf16 states, lr 1e-5, wd 0, cosine."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback, TrainingArguments
 
     cuda = device == "cuda"
     model, info = build_gpu_model(config, seed, device)
@@ -642,13 +651,7 @@ def train_config_peer(config: Any, batches: list[dict[str, Any]], steps: int, wa
             self.ends.append(time.perf_counter())
             profiler.end(state.global_step - 1)
 
-    class LossTrainer(Trainer):
-        losses: list[float] = []
-
-        def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            loss = super().training_step(*args, **kwargs)
-            self.losses.append(float(loss))
-            return loss
+    LossTrainer = loss_recording_trainer()
 
     args = TrainingArguments(
         output_dir=str(work / "hf"),
