@@ -91,7 +91,7 @@ class EvaluationModule(L.LightningModule):
         self._records: dict[tuple[str, int], Any] = {}
         self._new_rows: list[dict[str, Any]] = []
         self._store: PredictionStore | None = None
-        self._timing = {"seconds": 0.0, "samples": 0}
+        self._predict_seconds = 0.0
         self.results: dict[str, Any] | None = None
 
     # -- set-up: skip what an earlier run already predicted -------------------------------------
@@ -135,8 +135,7 @@ class EvaluationModule(L.LightningModule):
         rows = [self._row(meta, text) for meta, text in zip(batch["meta"], texts)]
         self._store.append(rows)
         self._new_rows += rows
-        self._timing["seconds"] += time.perf_counter() - started
-        self._timing["samples"] += len(rows)
+        self._predict_seconds += time.perf_counter() - started
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.test_step(batch, batch_idx)
@@ -214,7 +213,7 @@ class EvaluationModule(L.LightningModule):
         rows = self._broadcast(rows)
         rows = [r for r in rows if (r["benchmark"], r["problem_id"]) in self._records]
         metrics = self.score(rows)
-        seconds = torch.tensor([self._timing["seconds"]], dtype=torch.float64, device=self.device)
+        seconds = torch.tensor([self._predict_seconds], dtype=torch.float64, device=self.device)
         count = len({row_key(r) for r in gathered})  # a padded sampler repeats rows
         seconds = float(self.trainer.strategy.reduce(seconds, reduce_op="max"))
         metrics["run"] = {
@@ -240,11 +239,12 @@ class EvaluationModule(L.LightningModule):
             scores = BenchmarkScores(self.lenient_json, self.reward_variant)
             items = by_bench[bench]
             for i, r in enumerate(items):
-                light = self._scoring_row(r, with_masks=False)
-                scores.declare(light)
-                if i % world == rank:
+                mine = i % world == rank  # this rank's share of the updates; every rank declares every task
+                row = self._scoring_row(r, with_masks=mine)
+                scores.declare(row)
+                if mine:
                     try:
-                        scores.update(self._scoring_row(r, with_masks=True))
+                        scores.update(row)
                     except ValueError as err:  # a malformed ground truth: name the record
                         source = self._records[row_key(r)].source
                         raise ValueError(
