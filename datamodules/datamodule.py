@@ -16,7 +16,6 @@ from datamodules.collate import Collator, Example, Mode, Skipped, load_example
 from datamodules.media import MediaConfig, PixelBudget, stage_media
 from datamodules.records import Record, load_records, record_key
 from datamodules.sampling import MixedTaskSampler, sampling_probabilities
-from datamodules.synthetic import SPLITS, generate_suite
 
 log = logging.getLogger(__name__)
 RECORD_KIND = {"sft": "sft", "rl": "rl", "eval": "eval"}
@@ -121,6 +120,8 @@ class OneThinkerDataModule(L.LightningDataModule):
         self.media: MediaConfig = media
 
     def prepare_data(self) -> None:
+        from datamodules.synthetic import SPLITS, generate_suite
+
         suite = self.hparams.synthetic_suite
         if suite is not None and not all((Path(suite) / f"{split}.json").exists() for split in SPLITS):
             generate_suite(suite, per_task=self.hparams.synthetic_per_task, seed=0)
