@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,20 @@ def test_iter_records_collects_every_error(tmp_path: Path):
 def test_unknown_kind(tmp_path: Path):
     with pytest.raises(ValueError, match="valid: rl, sft, eval"):
         load_records(write(tmp_path, "r.json", [RL], False), "train")
+
+
+def test_tracking_frame_truth_checked(tmp_path: Path):
+    track = {**EVAL, "problem_type": "tracking", "data_type": "video", "fps": 2, "problem": "<video>Track it."}
+    del track["segmentation_output"]
+    good = {**track, "frame_boxes": [[0, 0, 10, 10], [1, 0, 10, 10]], "frame_absent": [0, 1]}
+    record = load_records(write(tmp_path, "ok.json", [good], False), "eval")[0]
+    assert record.frame_boxes == ((0.0, 0.0, 10.0, 10.0), (1.0, 0.0, 10.0, 10.0)) and record.frame_absent == (0, 1)
+    cases = [
+        ({"frame_boxes": [[0, 0, 10]]}, "frame_boxes", "[x, y, w, h]"),
+        ({"frame_boxes": [[0, 0, 10, True]]}, "frame_boxes", "[x, y, w, h]"),
+        ({"frame_boxes": [[0, 0, 1, 1]], "frame_absent": [0, 0]}, "frame_absent", "1 values of 0 or 1"),
+        ({"frame_absent": [0]}, "frame_absent", "given without frame_boxes"),
+    ]
+    for patch, field, fragment in cases:
+        with pytest.raises(RecordError, match=rf"bad.json: .*problem_id=9.*'{field}'.*{re.escape(fragment)}"):
+            load_records(write(tmp_path, "bad.json", [{**track, **patch}], False), "eval")
