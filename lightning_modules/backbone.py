@@ -82,6 +82,11 @@ def model_family(model_type: str) -> str:
     raise ValueError(f"unsupported model_type {model_type!r}; supported: qwen3_vl, qwen3_vl_moe, qwen2_5_vl")
 
 
+def score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Log-probabilities are kept in float32 at least: bf16/fp16 go up, float64 stays."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def gather_token_logprobs(
     hidden: torch.Tensor,
     lm_head: nn.Module,
@@ -93,12 +98,13 @@ def gather_token_logprobs(
     """log p(target) for rows of ``hidden`` [N, H], ``chunk_size`` rows of logits at a time.
 
     Each chunk is checkpointed, so neither the forward nor the backward pass ever holds more than
-    [chunk_size, vocab] float32 logits. With ``with_entropy`` the entropy of each row's
-    distribution comes back too.
+    [chunk_size, vocab] logits, in float32 at least (float64 stays float64). With ``with_entropy``
+    the entropy of each row's distribution comes back too.
     """
+    dtype = score_dtype(hidden.dtype)
 
     def chunk_scores(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = lm_head(h).float() / temperature
+        logits = lm_head(h).to(dtype) / temperature
         log_z = torch.logsumexp(logits, dim=-1)
         picked = logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - log_z
         if not with_entropy:
@@ -115,7 +121,7 @@ def gather_token_logprobs(
             lp, ent = chunk_scores(h, t)
         logps.append(lp)
         entropies.append(ent)
-    empty = hidden.new_zeros(0, dtype=torch.float32)
+    empty = hidden.new_zeros(0, dtype=dtype)
     logp = torch.cat(logps) if logps else empty
     if not with_entropy:
         return logp
@@ -251,11 +257,11 @@ class VisionLanguageBackbone(nn.Module):
             hidden[:, :-1][picked], self.hf_model.lm_head, ids[:, 1:][picked], self.logprob_chunk_size, temperature, with_entropy
         )
         logp, entropy = scores if with_entropy else (scores, None)
-        out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        out = torch.zeros(ids.shape, dtype=logp.dtype, device=ids.device)
         out[:, 1:][picked] = logp
         if entropy is None:
             return out
-        ent = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        ent = torch.zeros(ids.shape, dtype=entropy.dtype, device=ids.device)
         ent[:, 1:][picked] = entropy
         return out, ent
 

@@ -23,6 +23,8 @@ from lightning_modules.advantages import (
     task_key,
 )
 
+pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
+
 EPS = 1e-6
 
 

@@ -22,6 +22,9 @@ from lightning_modules.backbone import (
     response_mask,
 )
 from lightning_modules.processing import VISION_TOKENS
+from tests.numerics import FLOAT64_TOLERANCE, batch_to
+
+pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
 
 FAMILIES = ("qwen3_vl", "qwen2_5_vl")
 
@@ -66,9 +69,9 @@ def naive_logprobs(
     backbone: VisionLanguageBackbone, batch: dict, mask: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
     """Full [B, T, vocab] log-softmax over the model's logits, shifted by one, zero off the mask."""
-    logits = backbone.hf_model(**backbone.model_inputs(batch), use_cache=False).logits.float() / temperature
+    logits = backbone.hf_model(**backbone.model_inputs(batch), use_cache=False).logits / temperature
     logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
-    out = torch.zeros(batch["input_ids"].shape)
+    out = torch.zeros(batch["input_ids"].shape, dtype=logp.dtype)
     out[:, 1:] = torch.where(mask[:, 1:], logp, torch.zeros_like(logp))
     return out
 
@@ -157,12 +160,14 @@ def test_forward_backward_on_image_video_and_mixed_batches(sft_records, family: 
 
 @pytest.fixture(scope="module")
 def logprob_case(sft_records):
-    bb = VisionLanguageBackbone("tiny", family="qwen3_vl", seed=3)
+    """The tiny model and a batch in float64: the chunked and naive paths are compared there,
+    where summation order costs ~1e-16 on any CPU kernel set (``tests/numerics.py``)."""
+    bb = VisionLanguageBackbone("tiny", family="qwen3_vl", seed=3).double()
     bb.set_trainable(True, True)
-    batch = truncate(make_batch(bb, sft_records, ("image", "text")), 64)
+    batch = batch_to(truncate(make_batch(bb, sft_records, ("image", "text")), 64), torch.float64)
     gen = torch.Generator().manual_seed(0)
     mask = (torch.rand(batch["input_ids"].shape, generator=gen) < 0.6) & batch["attention_mask"].bool()
-    weights = torch.randn(batch["input_ids"].shape, generator=gen)
+    weights = torch.randn(batch["input_ids"].shape, generator=gen, dtype=torch.float64)
     return bb, batch, mask, weights
 
 
@@ -186,19 +191,36 @@ def test_token_logprobs_match_naive_log_softmax(logprob_case, chunk: int, temper
     assert sum(rows) == 2 * targets
 
     want = naive_logprobs(bb, batch, mask, temperature)
-    assert got.dtype == torch.float32 and got.shape == batch["input_ids"].shape
+    assert got.dtype == torch.float64 and got.shape == batch["input_ids"].shape
     assert (got[~mask] == 0).all() and (got[:, 0] == 0).all()
     assert (got[:, 1:][mask[:, 1:]] < 0).all()
-    torch.testing.assert_close(got.detach(), want.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.detach(), want.detach(), **FLOAT64_TOLERANCE)
 
     g_want = torch.autograd.grad((want * weights).sum(), params, allow_unused=True)
     compared = 0
     for a, b in zip(g_got, g_want):
         assert (a is None) == (b is None)
         if a is not None:
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(a, b, **FLOAT64_TOLERANCE)
             compared += 1
     assert compared > len(params) // 2
+
+
+@pytest.mark.parametrize(
+    ("model_dtype", "score"),
+    [(torch.bfloat16, torch.float32), (torch.float32, torch.float32), (torch.float64, torch.float64)],
+)
+def test_logprobs_are_scored_in_float32_at_least(model_dtype: torch.dtype, score: torch.dtype):
+    torch.manual_seed(0)
+    head = nn.Linear(8, 50, bias=False).to(model_dtype)
+    h = torch.randn(6, 8, dtype=model_dtype)
+    targets = torch.randint(50, (6,))
+    logp, entropy = gather_token_logprobs(h, head, targets, chunk_size=4, with_entropy=True)
+    assert logp.dtype == entropy.dtype == score
+    # The head's own logits, then a float64 log-softmax; compared at the default tolerance of the score dtype.
+    want = torch.log_softmax(head(h).double(), -1)[torch.arange(6), targets]
+    torch.testing.assert_close(logp, want.to(score))
+    assert gather_token_logprobs(h[:0], head, targets[:0]).dtype == score
 
 
 class RecordingHead(nn.Linear):
@@ -232,16 +254,16 @@ def saved_logits_numel(fn, vocab: int) -> int:
 def test_gather_token_logprobs_never_holds_more_than_a_chunk_of_logits():
     torch.manual_seed(0)
     n, hidden, vocab, chunk = 37, 8, 50, 5
-    head = RecordingHead(hidden, vocab)
-    h = torch.randn(n, hidden, requires_grad=True)
+    head = RecordingHead(hidden, vocab).double()
+    h = torch.randn(n, hidden, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(vocab, (n,))
 
     got = gather_token_logprobs(h, head, targets, chunk_size=chunk, temperature=0.8)
     want = torch.log_softmax(head(h) / 0.8, dim=-1)[torch.arange(n), targets]
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got, want, **FLOAT64_TOLERANCE)
     g_want = torch.autograd.grad(want.sum(), h)[0]
     g_got = torch.autograd.grad(got.sum(), h)[0]
-    torch.testing.assert_close(g_got, g_want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(g_got, g_want, **FLOAT64_TOLERANCE)
 
     head.rows.clear()
     h.grad = None
@@ -258,7 +280,7 @@ def test_gather_token_logprobs_never_holds_more_than_a_chunk_of_logits():
     with torch.no_grad():
         head.rows.clear()
         torch.testing.assert_close(
-            gather_token_logprobs(h, head, targets, chunk, 0.8), want.detach(), atol=1e-6, rtol=1e-6
+            gather_token_logprobs(h, head, targets, chunk, 0.8), want.detach(), **FLOAT64_TOLERANCE
         )
         assert max(head.rows) <= chunk
     assert gather_token_logprobs(h[:0], head, targets[:0], chunk_size=chunk).shape == (0,)
@@ -421,9 +443,9 @@ def counted(fn, calls: dict[str, int], key: str):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gradient_checkpointing_matches_plain_backward(sft_records, family: str):
-    plain = VisionLanguageBackbone("tiny", family=family, freeze_projector=False)
-    ckpt = VisionLanguageBackbone("tiny", family=family, freeze_projector=False, gradient_checkpointing=True)
-    batch = make_batch(plain, sft_records, ("image", "text"))
+    plain = VisionLanguageBackbone("tiny", family=family, freeze_projector=False).double()
+    ckpt = VisionLanguageBackbone("tiny", family=family, freeze_projector=False, gradient_checkpointing=True).double()
+    batch = batch_to(make_batch(plain, sft_records, ("image", "text")), torch.float64)
     calls = {"plain": 0, "ckpt": 0}
     for key, bb in (("plain", plain), ("ckpt", ckpt)):
         mlp = bb.hf_model.model.language_model.layers[0].mlp  # inside the checkpointed layer
@@ -431,10 +453,10 @@ def test_gradient_checkpointing_matches_plain_backward(sft_records, family: str)
     loss_a, grads_a = loss_and_grads(plain, batch)
     loss_b, grads_b = loss_and_grads(ckpt, batch)
     assert calls == {"plain": 1, "ckpt": 2}, "checkpointed layers are recomputed in backward"
-    torch.testing.assert_close(loss_b, loss_a, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(loss_b, loss_a, **FLOAT64_TOLERANCE)
     assert grads_a.keys() == grads_b.keys() and any("merger" in k for k in grads_a)
     for k in grads_a:
-        torch.testing.assert_close(grads_b[k], grads_a[k], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(grads_b[k], grads_a[k], **FLOAT64_TOLERANCE)
 
 
 # --------------------------------------------------------------------------- LoRA

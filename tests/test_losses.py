@@ -17,6 +17,8 @@ from lightning_modules.losses import (
     policy_loss,
 )
 
+pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
+
 
 def _lp(ratios: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """(logprobs, old_logprobs) [1, T] whose ratio π/π_old is ``ratios``; logprobs requires grad."""

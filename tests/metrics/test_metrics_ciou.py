@@ -9,6 +9,8 @@ from metrics_reference_impls import blob_masks, ciou_loop
 
 from metrics import CumulativeIoU
 
+pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
+
 
 def test_hand_computed_two_samples() -> None:
     pred = torch.zeros(2, 3, 3, dtype=torch.bool)

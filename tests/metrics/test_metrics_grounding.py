@@ -9,6 +9,8 @@ from metrics_reference_impls import onethinker_box_iou, span_iou
 
 from metrics import BoxGroundingAccuracy, TemporalGroundingRecall
 
+pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
+
 NAN = float("nan")
 
 

@@ -12,6 +12,8 @@ from metrics.boundary import boundary_f_measure, boundary_radius, dilate_disk, d
 from metrics.masks import count_bits, pack_bits
 from metrics.segmentation import davis_statistics
 
+pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
+
 
 def _mask(h: int, w: int, pixels: list[tuple[int, int]]) -> torch.Tensor:
     m = torch.zeros(h, w, dtype=torch.bool)

@@ -11,6 +11,8 @@ from metrics_reference_impls import onethinker_box_iou
 
 from metrics import AverageOverlap
 
+pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
+
 NAN = float("nan")
 
 
