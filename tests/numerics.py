@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
 # Two float64 evaluations of one function in different summation orders: a margin far above
@@ -35,3 +36,22 @@ def float32_sum_atol(terms: int, magnitude: float = 1.0) -> float:
     a factor 8 covers the kernel sets seen here (AVX-512, AVX2, scalar).
     """
     return 8 * terms**0.5 * torch.finfo(torch.float32).eps * magnitude
+
+
+def assert_same_report(got: Any, want: Any, path: str = "") -> None:
+    """Nested dicts/lists equal, floats up to float64 rounding: a sum of per-rank parts adds in
+    another order than one process's sum."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), (
+            f"{path}: keys {sorted(got)} != {sorted(want)}"
+        )
+        for key in want:
+            assert_same_report(got[key], want[key], f"{path}/{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_report(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15, nan_ok=True), path
+    else:
+        assert got == want, path

@@ -20,6 +20,7 @@ from lightning_modules.backbone import VisionLanguageBackbone
 from lightning_modules.processing import VISION_TOKENS
 from lightning_modules.schedules import WarmupSchedule
 from lightning_modules.sft import SFTModule
+from tests.numerics import FLOAT64_MODEL_TOLERANCE, batch_to
 
 pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
 
@@ -67,7 +68,7 @@ def examples(records, family: str, kinds: tuple[str, ...], mode: str = "sft"):
 
 def naive_mean_nll(backbone: VisionLanguageBackbone, batch: dict, labels: torch.Tensor) -> torch.Tensor:
     """Mean over labelled tokens of -log softmax(logits at t - 1)[token t], one row at a time."""
-    total, count = torch.zeros(()), 0
+    total, count = torch.zeros((), dtype=torch.float64), 0
     grids = {
         "image": iter(batch["image_grid_thw"] if batch["image_grid_thw"] is not None else []),
         "video": iter(batch["video_grid_thw"] if batch["video_grid_thw"] is not None else []),
@@ -94,7 +95,7 @@ def naive_mean_nll(backbone: VisionLanguageBackbone, batch: dict, labels: torch.
                 inputs["second_per_grid_ts"] = batch["second_per_grid_ts"][:1]
         if batch.get("mm_token_type_ids") is not None:
             inputs["mm_token_type_ids"] = batch["mm_token_type_ids"][row : row + 1]
-        logits = backbone.hf_model(**inputs, use_cache=False).logits[0].float()
+        logits = backbone.hf_model(**inputs, use_cache=False).logits[0]
         logp = torch.log_softmax(logits[:-1], dim=-1)
         for t in range(1, labels.shape[1]):
             if labels[row, t] != -100:
@@ -134,20 +135,23 @@ def test_labels_cover_exactly_the_assistant_turn(sft_records, tokenizer, family:
 
 
 def test_loss_is_the_mean_nll_of_assistant_tokens(sft_records):
-    backbone = VisionLanguageBackbone("tiny", family="qwen3_vl", seed=2, logprob_chunk_size=16)
+    # float64, one row at a time against the batch (tests/numerics.py).
+    backbone = VisionLanguageBackbone("tiny", family="qwen3_vl", seed=2, logprob_chunk_size=16).double()
     module = SFTModule(backbone)
-    batch = Collator(backbone.processor, "sft")(examples(sft_records, "qwen3_vl", KINDS))
+    batch = batch_to(
+        Collator(backbone.processor, "sft")(examples(sft_records, "qwen3_vl", KINDS)), torch.float64
+    )
     loss, tasks, tokens = module.loss(batch)
     labels = batch["labels"]
     assert tokens == int((labels != -100).sum())
     with torch.no_grad():
         want = naive_mean_nll(backbone, batch, labels)
-    torch.testing.assert_close(loss.detach(), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss.detach(), want, **FLOAT64_MODEL_TOLERANCE)
     # Per-task sums add up to the batch loss; every row's task is reported.
     assert {f"{m['problem_type']}/{m['data_type']}" for m in batch["meta"]} == set(tasks)
     total = sum(float(s) for s, _ in tasks.values())
     assert sum(n for _, n in tasks.values()) == tokens
-    assert total / tokens == pytest.approx(float(want), rel=1e-5)
+    assert total / tokens == pytest.approx(float(want), rel=1e-6)
 
 
 # --------------------------------------------------------------------------- overfitting
