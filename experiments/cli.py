@@ -37,7 +37,10 @@ def _data_check(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from experiments.demo import run_demo
 
-    run_demo(args.out, per_task=args.per_task, seed=args.seed, sft_steps=args.sft_steps, grpo_steps=args.grpo_steps)
+    run_demo(
+        args.out, per_task=args.per_task, seed=args.seed, sft_steps=args.sft_steps, grpo_steps=args.grpo_steps,
+        sft_threads=args.sft_threads, rl_threads=args.rl_threads,
+    )
     return 0
 
 
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--grpo-steps", type=int, default=None, help="override the demo EMA-GRPO run's max_steps (updates, 4 per RL step)"
     )
+    demo.add_argument("--sft-threads", type=int, default=2, help="torch threads in SFT")
+    demo.add_argument("--rl-threads", type=int, default=1, help="torch threads in evaluation and EMA-GRPO (generation)")
     demo.set_defaults(run=_demo)
 
     ablate = sub.add_parser(

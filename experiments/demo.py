@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,24 +143,61 @@ def reward_table(before: dict[str, float], after: dict[str, float], field: str =
     return "\n".join(lines)
 
 
+class StageTimer:
+    """Wall time of each named stage: ``with timer("SFT"): ...``, then ``timer.report()``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - start
+            print(f"[demo] {name}: {self.seconds[name]:.0f} s", flush=True)
+
+    def report(self) -> str:
+        rows = [*self.seconds.items(), ("total", sum(self.seconds.values()))]
+        return "\n".join(f"{name:<40} {seconds // 60:>3.0f} min {seconds % 60:>4.1f} s" for name, seconds in rows)
+
+
 def run_demo(
-    out: str | Path, per_task: int = 4, seed: int = 0, sft_steps: int | None = None, grpo_steps: int | None = None
+    out: str | Path,
+    per_task: int = 4,
+    seed: int = 0,
+    sft_steps: int | None = None,
+    grpo_steps: int | None = None,
+    sft_threads: int = 2,
+    rl_threads: int = 1,
 ) -> dict[str, dict[str, float]]:
-    """The whole recipe; prints and returns the rewards before and after RL."""
+    """The whole recipe; prints and returns the rewards before and after RL.
+
+    ``sft_threads`` and ``rl_threads`` are torch's intra-op threads in SFT and in the generation-bound
+    stages (evaluation, EMA-GRPO); the defaults were the fastest on a 2-core machine (benchmarks/README.md).
+    """
     import torch
 
-    # One thread: on a 2-core box the tiny model ran several times faster than with two.
-    torch.set_num_threads(1)
     out = Path(out)
-    paths = generate_suite(out / "synthetic", per_task=per_task, seed=seed)
-    show_batches(paths)
-    model = run_sft_demo(out, paths, sft_steps)
-    before = evaluate_rewards(out, paths, model, "eval_before")
-    last = run_grpo_demo(out, paths, model, grpo_steps)
-    after = evaluate_rewards(out, paths, model, "eval_after", ckpt=last)
+    stages = StageTimer()
+    with stages("synthetic suite"):
+        paths = generate_suite(out / "synthetic", per_task=per_task, seed=seed)
+        show_batches(paths)
+    torch.set_num_threads(sft_threads)
+    with stages(f"SFT + export ({sft_threads} threads)"):
+        model = run_sft_demo(out, paths, sft_steps)
+    torch.set_num_threads(rl_threads)
+    with stages(f"evaluation before RL ({rl_threads} threads)"):
+        before = evaluate_rewards(out, paths, model, "eval_before")
+    with stages(f"EMA-GRPO ({rl_threads} threads)"):
+        last = run_grpo_demo(out, paths, model, grpo_steps)
+    with stages(f"evaluation after RL ({rl_threads} threads)"):
+        after = evaluate_rewards(out, paths, model, "eval_after", ckpt=last)
     table = reward_table(before, after)
     (out / "rewards_before_after.md").write_text(table + "\n")
     print("\n== Mean reward on the held-out synthetic evaluation set, before and after EMA-GRPO ==")
     print(table)
+    print(f"\n== Wall time per stage ==\n{stages.report()}")
     print(f"\n[demo] logs, checkpoints and this table are under {out}")
     return {"before": before, "after": after}
