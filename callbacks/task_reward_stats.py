@@ -12,7 +12,9 @@ from lightning_modules.advantages import TaskRewardEMA
 class TaskRewardStatsCallback(L.Callback):
     """Holds the `TaskRewardEMA`, hands it to the module, saves it in checkpoints and logs its curves.
 
-    The module reaches the statistics only through ``pl_module.attach_reward_ema(ema)``.
+    The module reaches the statistics only through ``pl_module.attach_reward_ema(ema)``. `GRPOModule`
+    updates them with the step's global batch, gathered on every rank, so the EMA itself runs no
+    collective (``sync_dist=False``) and every rank holds the same state.
 
     Args:
         decay: EMA decay β (released: 0.99).
@@ -20,7 +22,7 @@ class TaskRewardStatsCallback(L.Callback):
     """
 
     def __init__(self, decay: float = 0.99, min_std: float = 1e-3) -> None:
-        self.ema = TaskRewardEMA(decay=decay, min_std=min_std)
+        self.ema = TaskRewardEMA(decay=decay, min_std=min_std, sync_dist=False)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         attach = getattr(pl_module, "attach_reward_ema", None)

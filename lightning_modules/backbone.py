@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 from lightning_modules.processing import build_processor, vision_token_ids
@@ -80,6 +82,11 @@ def model_family(model_type: str) -> str:
     if model_type.startswith("qwen2_5_vl"):
         return "qwen2_5_vl"
     raise ValueError(f"unsupported model_type {model_type!r}; supported: qwen3_vl, qwen3_vl_moe, qwen2_5_vl")
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether FSDP2 sharded ``module``'s parameters (they are DTensors then)."""
+    return any(isinstance(p, DTensor) for p in module.parameters())
 
 
 def score_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -277,6 +284,9 @@ class VisionLanguageBackbone(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Sample responses to left-padded prompts; vision special tokens are never produced.
 
+        With sharded parameters (FSDP2) and several ranks, every rank keeps running forward passes
+        until all have finished (``synced_gpus``): each forward gathers parameters collectively.
+
         Returns ``sequences`` (prompt + response), ``response_ids`` and ``response_mask`` (1 up to
         and including the first end-of-turn token), each with ``num_return_sequences`` rows per prompt.
         """
@@ -291,6 +301,7 @@ class VisionLanguageBackbone(nn.Module):
             suppress_tokens=self.suppressed_token_ids,
             eos_token_id=eos,
             pad_token_id=tok.pad_token_id,
+            synced_gpus=is_sharded(self) and dist.is_initialized() and dist.get_world_size() > 1,
             **kwargs,
         )
         prompt_len = batch["input_ids"].shape[1]

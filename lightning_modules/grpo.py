@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning as L
@@ -14,8 +14,19 @@ from lightning.pytorch.cli import OptimizerCallable
 
 import rewards
 from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages, task_key
-from lightning_modules.backbone import VisionLanguageBackbone
+from lightning_modules.backbone import VisionLanguageBackbone, is_sharded
 from lightning_modules.losses import aggregate, global_counts, kl_penalty, policy_loss
+from lightning_modules.rl_step import (
+    GroupRecord,
+    MicroBatch,
+    gather_groups,
+    idle_ranks,
+    kept_groups,
+    micro_batch_count,
+    passes_filter,
+    plan_updates,
+    rank_micro_batches,
+)
 from lightning_modules.rollout import HFGenerateEngine, RolloutEngine, Rollouts, select_rows
 from lightning_modules.schedules import WarmupSchedule
 
@@ -28,19 +39,43 @@ def _adamw(params: Any) -> torch.optim.Optimizer:
 
 @dataclass
 class ScoredPart:
-    """Rollouts of one generate call that survived filtering, with their rewards."""
+    """This rank's kept rows of one generate call, with their rewards (read by the rollout table)."""
 
     rollouts: Rollouts
     rows: list[int]  # kept rows of ``rollouts``
     scores: dict[str, torch.Tensor]  # field -> [len(rows)]
 
 
-def group_means(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` per group id (ids 0..G-1), shape [G]."""
-    g = int(groups.max()) + 1 if groups.numel() else 0
-    sums = torch.zeros(g, dtype=torch.float64).index_add_(0, groups, values.double())
-    counts = torch.bincount(groups, minlength=g).clamp_min(1)
-    return sums / counts
+@dataclass
+class Collected:
+    """Phase 1's result: this rank's generate calls and every rank's groups, the kept ones agreed."""
+
+    parts: list[Rollouts] = field(default_factory=list)  # this rank's generate calls, in order
+    scores: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per part: field -> [rows]
+    groups: list[GroupRecord] = field(default_factory=list)  # every rank's groups, global order
+    kept: list[GroupRecord] = field(default_factory=list)  # the groups trained on, global order
+    generated_tokens: int = 0
+    generation_seconds: float = 0.0
+
+
+@dataclass
+class OldLogprobs:
+    """Phase 3's result for this rank's kept rows, keyed by (part, row)."""
+
+    policy: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    reference: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    entropy_sum: float = 0.0
+    entropy_tokens: int = 0
+
+
+@dataclass
+class UpdateStats:
+    """Phase 4's result: each update's loss (this rank's share) and this rank's clip and KL figures."""
+
+    losses: list[torch.Tensor] = field(default_factory=list)
+    clip: list[float] = field(default_factory=list)
+    dual_clip: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
 
 
 class GRPOModule(L.LightningModule):
@@ -154,7 +189,7 @@ class GRPOModule(L.LightningModule):
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.schedule.build(optimizer, total), "interval": "step"}}
 
-    # -- rollout, scoring, filtering -----------------------------------------------------------
+    # -- phase 1: collect (roll out, score, filter: one global decision) -----------------------
     def _score(self, ro: Rollouts) -> dict[str, torch.Tensor]:
         results = rewards.score_batch(
             ro.responses,
@@ -167,42 +202,48 @@ class GRPOModule(L.LightningModule):
         )
         return {f: torch.tensor([getattr(r, f) for r in results], dtype=torch.float32) for f in REWARD_FIELDS}
 
-    def _rollout_and_filter(self, prompts: dict[str, Any], stats: dict[str, list]) -> ScoredPart:
+    def _roll_out(self, prompts: dict[str, Any], part: int, collected: Collected) -> list[GroupRecord]:
+        """This rank's rollouts of ``prompts``, scored, as the group records every rank will see."""
         n = self.hparams.rollouts_per_prompt
         with torch.no_grad():
             ro = self.rollout(self.backbone, prompts, n)
         scores = self._score(ro)
-        means = group_means(scores[self.hparams.filter_metric], ro.group_ids)
-        low, high = self.hparams.filter_band
-        keep_group = (means > low) & (means < high) if self.hparams.filter_groups else torch.ones_like(means, dtype=torch.bool)
-        for g, kept in enumerate(keep_group.tolist()):
-            meta = ro.meta[g * n]
-            stats[task_key(meta["problem_type"], meta["data_type"], self.hparams.task_key_by)].append(float(kept))
-        stats["_generated_tokens"].append(ro.generated_tokens)
-        rows = [r for r in range(len(ro.responses)) if keep_group[int(ro.group_ids[r])]]
-        return ScoredPart(ro, rows, {f: v[rows] for f, v in scores.items()})
+        collected.parts.append(ro)
+        collected.scores.append(scores)
+        collected.generated_tokens += ro.generated_tokens
+        rank, by = self.global_rank, self.hparams.task_key_by
+        tokens = ro.response_mask.sum(-1).tolist()
+        return [
+            GroupRecord(
+                rank, part, g, task_key(ro.meta[g * n]["problem_type"], ro.meta[g * n]["data_type"], by),
+                {f: tuple(v[g * n : g * n + n].tolist()) for f, v in scores.items()}, tuple(tokens[g * n : g * n + n]),
+            )
+            for g in range(len(ro.responses) // n)
+        ]
 
-    def _collect(self, batch: dict[str, Any]) -> tuple[list[ScoredPart], dict[str, list]]:
-        wanted = len(batch["meta"])
-        filter_stats: dict[str, list] = defaultdict(list)
-        parts = [self._rollout_and_filter(batch, filter_stats)]
-        n = self.hparams.rollouts_per_prompt
-        tries = 0
-        while sum(len(p.rows) for p in parts) < wanted * n and tries < self.hparams.max_resample and self.hparams.filter_groups:
-            extra = self._next_resample_batch()
-            if extra is None:
-                break
-            parts.append(self._rollout_and_filter(extra, filter_stats))
-            tries += 1
-        # keep at most `wanted` groups, in order
-        budget = wanted * n
-        trimmed = []
-        for p in parts:
-            take = p.rows[: max(0, budget)]
-            budget -= len(take)
-            if take:
-                trimmed.append(ScoredPart(p.rollouts, take, {f: v[: len(take)] for f, v in p.scores.items()}))
-        return trimmed, filter_stats
+    def _collect(self, batch: dict[str, Any]) -> Collected:
+        """Roll out this rank's prompts; gather every rank's groups; keep the same groups on every rank.
+
+        A resample round is drawn (by every rank together) while fewer groups than the step's global
+        prompts were kept, up to ``max_resample`` rounds.
+        """
+        started = time.perf_counter()
+        collected = Collected()
+        prompts: dict[str, Any] | None = batch
+        wanted = 0
+        band, metric, enabled = tuple(self.hparams.filter_band), self.hparams.filter_metric, self.hparams.filter_groups
+        for round_ in range(1 + self.hparams.max_resample):
+            if round_ > 0:
+                if not enabled or len(kept_groups(collected.groups, metric, band, enabled, wanted)) >= wanted:
+                    break
+                prompts = self._next_resample_batch()
+            local = self._roll_out(prompts, len(collected.parts), collected) if prompts and prompts.get("meta") else []
+            gathered = gather_groups(local)
+            wanted = wanted or len(gathered)  # round 0: the step's global prompts
+            collected.groups += gathered
+        collected.kept = kept_groups(collected.groups, metric, band, enabled, wanted)
+        collected.generation_seconds = time.perf_counter() - started
+        return collected
 
     def _next_resample_batch(self) -> dict[str, Any] | None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -218,171 +259,215 @@ class GRPOModule(L.LightningModule):
             return None
         return self.trainer.strategy.batch_to_device(batch)
 
-    # -- update --------------------------------------------------------------------------------
-    def _micro_batches(self, parts: list[ScoredPart], groups: list[int], group_rows: list[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
-        """(part index, rows) micro-batches covering ``groups``."""
-        by_part: dict[int, list[int]] = defaultdict(list)
-        for g in groups:
-            part, rows = group_rows[g]
-            by_part[part] += rows
-        size = self.hparams.micro_batch_size
-        return [(p, rows[i : i + size]) for p, rows in by_part.items() for i in range(0, len(rows), size)]
+    # -- phase 2: advantages (global batch, identical on every rank) --------------------------
+    def _advantages(self, kept: list[GroupRecord]) -> tuple[AdvantageResult, dict[tuple[int, int, int], torch.Tensor]]:
+        """Advantages of the kept groups and the EMA update, computed from the gathered rewards, so
+        every rank (and one process on the whole batch) gets the same σ_τ. Returns them per group
+        ``(rank, part, index)`` too."""
+        n = self.hparams.rollouts_per_prompt
+        overall = torch.tensor([r for g in kept for r in g.scores["overall"]], dtype=torch.float32)
+        group_ids = torch.arange(len(kept)).repeat_interleave(n)
+        keys = [g.key for g in kept for _ in range(n)]
+        result = compute_advantages(
+            self.hparams.advantage, overall, group_ids, keys, self.reward_ema, self.hparams.guard, self.hparams.guard_mode
+        )
+        advantages = result.advantages.float()
+        return result, {(g.rank, g.part, g.index): advantages[i * n : i * n + n] for i, g in enumerate(kept)}
+
+    # -- phases 3 and 4: old log-probs, updates ------------------------------------------------
+    def _micro_batch(self, collected: Collected, part: int, rows: list[int], advantages: dict, weight: float = 1.0) -> dict[str, Any]:
+        """Rows of one generate call as a training micro-batch; ``weight`` 0 makes a padding micro-batch
+        (a real forward and backward that adds nothing)."""
+        ro = collected.parts[part]
+        mb = select_rows({**ro.batch, "response_mask": ro.response_mask}, rows)
+        n = self.hparams.rollouts_per_prompt
+        device = mb["input_ids"].device
+        if weight == 0.0:
+            mb["response_mask"] = torch.zeros_like(mb["response_mask"])
+            adv = torch.zeros(len(rows))
+        else:
+            adv = torch.stack([advantages[(self.global_rank, part, r // n)][r % n] for r in rows])
+        mb["advantages"] = adv.to(device=device, dtype=torch.float32)  # float32 also under bf16-true
+        mb["token_mask"] = ro.response_mask[torch.tensor(rows)].to(device).bool()  # scored positions, padding included
+        return mb
+
+    def _padded(self, collected: Collected, groups: list[GroupRecord], advantages: dict) -> list[tuple[MicroBatch | None, dict[str, Any]]]:
+        """This rank's micro-batches of ``groups``, padded to the most any rank runs (``None``: padding)."""
+        n, size = self.hparams.rollouts_per_prompt, self.hparams.micro_batch_size
+        mine = rank_micro_batches(groups, self.global_rank, n, size)
+        count = micro_batch_count(groups, self.trainer.world_size, n, size)
+        out: list[tuple[MicroBatch | None, dict[str, Any]]] = [(mb, self._micro_batch(collected, *mb, advantages)) for mb in mine]
+        filler = (0, list(range(min(size, len(collected.parts[0].responses)))))
+        out += [(None, self._micro_batch(collected, *filler, advantages, weight=0.0)) for _ in range(count - len(mine))]
+        return out
+
+    def _lockstep_forwards(self) -> bool:
+        """Forward passes are collective (FSDP2 gathers parameters): pad no-grad passes too."""
+        return self.trainer.world_size > 1 and is_sharded(self.backbone)
+
+    def _old_logprobs(self, collected: Collected, advantages: dict) -> OldLogprobs:
+        """Old (and reference) log-probs of this rank's kept rows, once per step; the entropy sums."""
+        old = OldLogprobs()
+        groups = [g for g in collected.kept if g.rank == self.global_rank or self._lockstep_forwards()]
+        with torch.no_grad():
+            for located, mb in self._padded(collected, groups, advantages):
+                lp, ent = self._logprobs(self.backbone, mb, entropy=True)
+                ref_lp = self._logprobs(self.reference, mb) if self.reference is not None else None
+                if located is None:
+                    continue
+                part, rows = located
+                old.policy.update({(part, r): lp[j] for j, r in enumerate(rows)})
+                if ref_lp is not None:
+                    old.reference.update({(part, r): ref_lp[j] for j, r in enumerate(rows)})
+                mask = mb["response_mask"].bool()
+                old.entropy_sum += float(ent[mask].sum())
+                old.entropy_tokens += int(mask.sum())
+        return old
 
     def _max_response_tokens(self, mask: torch.Tensor) -> float:
         """Dr.GRPO's constant normaliser: the rollout engine's response cap (fixed across micro-batches)."""
         return float(getattr(self.rollout, "max_new_tokens", mask.shape[1]))
 
     def _logprobs(self, model: VisionLanguageBackbone, mb: dict[str, Any], entropy: bool = False) -> Any:
-        return model.token_logprobs(mb, mb["response_mask"].bool(), with_entropy=entropy)
+        return model.token_logprobs(mb, mb["token_mask"], with_entropy=entropy)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        started = time.perf_counter()
-        if not batch.get("meta"):
-            return
-        # Sampling is seeded per step and rank, so a resumed run draws the same rollouts.
-        torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 7919 + self.global_rank)
-        parts, filter_stats = self._collect(batch)
-        generated = sum(filter_stats.pop("_generated_tokens", [0]))
-        gen_seconds = time.perf_counter() - started
-        n = self.hparams.rollouts_per_prompt
-        if not parts:
-            self.log("train/filter/empty_steps", 1.0, on_step=True, batch_size=1)
-            self._log_filter(filter_stats)
-            return
-
-        # flatten kept rows into groups
-        rows_meta, group_ids, group_rows, scores = [], [], [], defaultdict(list)
-        for pi, part in enumerate(parts):
-            for start in range(0, len(part.rows), n):
-                group_rows.append((pi, part.rows[start : start + n]))
-            for f, v in part.scores.items():
-                scores[f].append(v)
-            rows_meta += [part.rollouts.meta[r] for r in part.rows]
-        scores = {f: torch.cat(v) for f, v in scores.items()}
-        group_ids = torch.arange(len(group_rows)).repeat_interleave(n)
-        keys = [task_key(m["problem_type"], m["data_type"], self.hparams.task_key_by) for m in rows_meta]
-        result = compute_advantages(
-            self.hparams.advantage, scores["overall"], group_ids, keys, self.reward_ema, self.hparams.guard, self.hparams.guard_mode
-        )
-        advantages = result.advantages.float()
-        row_advantage: dict[tuple[int, int], float] = {}
-        cursor = 0
-        for pi, part in enumerate(parts):
-            for r in part.rows:
-                row_advantage[(pi, r)] = float(advantages[cursor])
-                cursor += 1
-
-        # old (and reference) log-probs, once per step
-        def part_batch(pi: int, rows: list[int]) -> dict[str, Any]:
-            ro = parts[pi].rollouts
-            mb = select_rows({**ro.batch, "response_mask": ro.response_mask}, rows)
-            mb["advantages"] = torch.tensor(  # float32 also under bf16-true, whose default dtype is bf16
-                [row_advantage[(pi, r)] for r in rows], dtype=torch.float32, device=mb["input_ids"].device
-            )
-            return mb
-
-        all_groups = list(range(len(group_rows)))
-        # per row (part, row): update micro-batches need not match these micro-batches
-        old: dict[tuple[int, int], torch.Tensor] = {}
-        ref: dict[tuple[int, int], torch.Tensor] = {}
-        entropy_sum, entropy_tokens = 0.0, 0
-        with torch.no_grad():
-            for pi, rows in self._micro_batches(parts, all_groups, group_rows):
-                mb = part_batch(pi, rows)
-                lp, ent = self._logprobs(self.backbone, mb, entropy=True)
-                old.update({(pi, r): lp[j] for j, r in enumerate(rows)})
-                mask = mb["response_mask"].bool()
-                entropy_sum += float(ent[mask].sum())
-                entropy_tokens += int(mask.sum())
-                if self.reference is not None:
-                    ref_lp = self._logprobs(self.reference, mb)
-                    ref.update({(pi, r): ref_lp[j] for j, r in enumerate(rows)})
-
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
-        per_update = self.hparams.prompts_per_update
+    def _update(self, collected: Collected, advantages: dict, old: OldLogprobs) -> UpdateStats:
+        """``ppo_epochs`` passes of updates over the kept groups; every rank runs each update's padded
+        micro-batches, so forwards, backwards, the token count and the optimizer step stay in lockstep."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         world = self.trainer.world_size
-        loss_log, clip_log, kl_log, dual_log = [], [], [], []
+        stats = UpdateStats()
         for _ in range(self.hparams.ppo_epochs):
-            for start in range(0, len(all_groups), per_update):
-                micro = self._micro_batches(parts, all_groups[start : start + per_update], group_rows)
-                batches = [part_batch(pi, rows) for pi, rows in micro]
-                tokens, seqs = global_counts([b["response_mask"] for b in batches])
-                update_loss = 0.0
-                for (pi, rows), mb in zip(micro, batches):
+            for groups in plan_updates(collected.kept, self.hparams.prompts_per_update):
+                batches = self._padded(collected, groups, advantages)
+                tokens, seqs = global_counts([mb["response_mask"] for _, mb in batches])
+                update_loss = torch.zeros((), dtype=torch.float64)
+                for located, mb in batches:
                     mask = mb["response_mask"]
                     want_entropy = self.hparams.entropy_coef > 0
                     out = self._logprobs(self.backbone, mb, entropy=want_entropy)
                     lp, ent = out if want_entropy else (out, None)
+                    part, rows = located if located is not None else (0, [])
+                    old_lp = torch.stack([old.policy[(part, r)] for r in rows]) if rows else lp.detach()
                     per_token, st = policy_loss(
-                        lp, torch.stack([old[(pi, r)] for r in rows]), mb["advantages"], mask,
-                        self.hparams.clip_low, self.hparams.clip_high, self.hparams.dual_clip,
+                        lp, old_lp, mb["advantages"], mask, self.hparams.clip_low, self.hparams.clip_high, self.hparams.dual_clip
                     )
                     if self.reference is not None:
-                        kl = kl_penalty(lp, torch.stack([ref[(pi, r)] for r in rows]), self.hparams.kl_estimator)
+                        ref_lp = torch.stack([old.reference[(part, r)] for r in rows]) if rows else lp.detach()
+                        kl = kl_penalty(lp, ref_lp, self.hparams.kl_estimator)
                         per_token = per_token + self.hparams.kl_coef * kl
-                        kl_log.append(float((kl.detach() * mask).sum() / mask.sum().clamp_min(1)))
+                        if rows:
+                            stats.kl.append(float((kl.detach() * mask).sum() / mask.sum().clamp_min(1)))
                     if ent is not None:
                         per_token = per_token - self.hparams.entropy_coef * ent
                     loss = aggregate(
                         per_token, mask, self.hparams.loss_aggregation,
                         constant_normalizer=self._max_response_tokens(mask), global_tokens=tokens, global_sequences=seqs,
-                    )
+                    )  # fmt: skip
+                    if located is None:
+                        loss = loss * 0.0  # padding: a backward that joins the gradient reduction, adding nothing
                     self.manual_backward(loss * world)
-                    update_loss += float(loss.detach())
-                    clip_log.append(float(st.clip_fraction))
-                    dual_log.append(float(st.dual_clip_fraction))
+                    update_loss += loss.detach().double().cpu()
+                    if rows:
+                        stats.clip.append(float(st.clip_fraction))
+                        stats.dual_clip.append(float(st.dual_clip_fraction))
                 self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-                loss_log.append(update_loss)
+                stats.losses.append(update_loss)
+        return stats
 
-        step_seconds = time.perf_counter() - started
-        self._log_step(scores, keys, rows_meta, result, filter_stats, parts, loss_log, clip_log, dual_log, kl_log,
-                       entropy_sum / max(entropy_tokens, 1), generated / max(gen_seconds, 1e-9), step_seconds)
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """One RL step in named phases: collect, advantages, old log-probs, update, log. Every rank runs
+        the same collective calls whatever its data (lightning_modules/rl_step.py)."""
+        started = time.perf_counter()
+        # Sampling is seeded per step and rank, so a resumed run draws the same rollouts.
+        torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 7919 + self.global_rank)
+        collected = self._collect(batch)
+        idle = idle_ranks(collected.groups, self.trainer.world_size)
+        if not collected.kept or idle:
+            # A global decision: every rank sees the same groups, so all skip together.
+            reason = "empty_steps" if not collected.kept else "idle_rank_steps"
+            self.log(f"train/filter/{reason}", 1.0, on_step=True, batch_size=1)
+            self._log_filter(collected.groups)
+            return
+        result, advantages = self._advantages(collected.kept)
+        old = self._old_logprobs(collected, advantages)
+        updates = self._update(collected, advantages, old)
+        self._log_step(collected, result, old, updates, time.perf_counter() - started)
 
     # -- logging -------------------------------------------------------------------------------
-    def _log_filter(self, filter_stats: dict[str, list]) -> None:
-        for key, kept in filter_stats.items():
-            self.log(f"train/filter_pass_rate/{key}", sum(kept) / max(len(kept), 1), on_step=True, batch_size=1)
+    def _log_filter(self, groups: list[GroupRecord]) -> None:
+        kept: dict[str, list[float]] = defaultdict(list)
+        band, metric, enabled = tuple(self.hparams.filter_band), self.hparams.filter_metric, self.hparams.filter_groups
+        for g in groups:
+            kept[g.key].append(float(passes_filter(g, metric, band, enabled)))
+        for key, flags in kept.items():
+            self.log(f"train/filter_pass_rate/{key}", sum(flags) / len(flags), on_step=True, batch_size=1)
 
-    def _log_step(self, scores, keys, rows_meta, result: AdvantageResult, filter_stats, parts, loss_log, clip_log,
-                  dual_log, kl_log, entropy, gen_tps, step_seconds) -> None:
+    def _log_step(self, collected: Collected, result: AdvantageResult, old: OldLogprobs, updates: UpdateStats, step_seconds: float) -> None:
+        """Rewards, lengths, filter and advantage statistics of the global kept batch; losses summed over
+        ranks (one all-reduce); clip fractions and KL of this rank's rows."""
         log = lambda name, value: self.log(name, float(value), on_step=True, batch_size=1)  # noqa: E731
-        lengths = torch.tensor(
-            [float(p.rollouts.response_mask[r].sum()) for p in parts for r in p.rows], dtype=torch.float32
-        )
-        for f, v in scores.items():
-            log(f"train/reward/{f}", v.mean())
-        log("train/response_length", lengths.mean())
-        by_key: dict[str, list[int]] = defaultdict(list)
-        for i, k in enumerate(keys):
-            by_key[k].append(i)
-        for key, idx in by_key.items():
-            index = torch.tensor(idx)
-            for f, v in scores.items():
-                log(f"train/reward/{f}/{key}", v[index].mean())
-            log(f"train/response_length/{key}", lengths[index].mean())
+        kept = collected.kept
+        totals = torch.stack([*updates.losses, torch.tensor(old.entropy_sum, dtype=torch.float64),
+                              torch.tensor(float(old.entropy_tokens), dtype=torch.float64)])  # fmt: skip
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals.to(self.device), reduce_op="sum").cpu()
+        losses, entropy = totals[:-2], float(totals[-2] / totals[-1].clamp_min(1))
+        self.last_update_losses = [float(v) for v in losses]
+        by_key: dict[str, list[GroupRecord]] = defaultdict(list)
+        for g in kept:
+            by_key[g.key].append(g)
+
+        def mean(groups: list[GroupRecord], f: str) -> float:
+            values = [v for g in groups for v in (g.tokens if f == "length" else g.scores[f])]
+            return sum(values) / max(len(values), 1)
+
+        for f in REWARD_FIELDS:
+            log(f"train/reward/{f}", mean(kept, f))
+        log("train/response_length", mean(kept, "length"))
+        for key, groups in by_key.items():
+            for f in REWARD_FIELDS:
+                log(f"train/reward/{f}/{key}", mean(groups, f))
+            log(f"train/response_length/{key}", mean(groups, "length"))
             stats = result.per_key.get(key, {})
             if "zero_std_groups" in stats:
                 log(f"train/zero_std_groups/{key}", stats["zero_std_groups"])
             if "ema_std" in stats:
                 log(f"train/ema_sigma_used/{key}", stats["ema_std"])
-        self._log_filter(filter_stats)
+        self._log_filter(collected.groups)
         log("train/zero_std_groups", result.zero_std_groups)
         log("train/guarded_groups", result.guarded_groups)
         log("train/advantage_abs_mean", result.advantages.abs().mean())
-        log("train/loss", sum(loss_log) / max(len(loss_log), 1))
-        log("train/clip_fraction", sum(clip_log) / max(len(clip_log), 1))
-        log("train/dual_clip_fraction", sum(dual_log) / max(len(dual_log), 1))
-        if kl_log:
-            log("train/kl", sum(kl_log) / len(kl_log))
+        log("train/loss", float(losses.mean()))
+        log("train/clip_fraction", sum(updates.clip) / max(len(updates.clip), 1))
+        log("train/dual_clip_fraction", sum(updates.dual_clip) / max(len(updates.dual_clip), 1))
+        if updates.kl:
+            log("train/kl", sum(updates.kl) / len(updates.kl))
         log("train/entropy", entropy)
-        log("train/generation_tokens_per_sec", gen_tps)
+        log("train/generation_tokens_per_sec", collected.generated_tokens / max(collected.generation_seconds, 1e-9))
         log("train/step_seconds", step_seconds)
         log("train/lr", self.optimizers().param_groups[0]["lr"])
-        self.last_rollouts = {"parts": parts, "scores": scores, "advantages": result.advantages, "meta": rows_meta}
+        self.last_rollouts = self._local_rollouts(collected, result)
+
+    def _local_rollouts(self, collected: Collected, result: AdvantageResult) -> dict[str, Any]:
+        """This rank's kept rows, for the rollout table: parts, scores, advantages and metadata."""
+        n, rank = self.hparams.rollouts_per_prompt, self.global_rank
+        rows_by_part: dict[int, list[int]] = defaultdict(list)
+        advantages: list[torch.Tensor] = []
+        for i, g in enumerate(collected.kept):  # a rank's kept groups run in (part, group) order
+            if g.rank == rank:
+                rows_by_part[g.part] += g.rows(n)
+                advantages.append(result.advantages[i * n : i * n + n])
+        parts = [
+            ScoredPart(collected.parts[p], rows, {f: v[rows] for f, v in collected.scores[p].items()})
+            for p, rows in rows_by_part.items()
+        ]
+        scores = {f: torch.cat([p.scores[f] for p in parts]) if parts else torch.zeros(0) for f in REWARD_FIELDS}
+        meta = [p.rollouts.meta[r] for p in parts for r in p.rows]
+        return {"parts": parts, "scores": scores, "advantages": torch.cat(advantages) if advantages else torch.zeros(0), "meta": meta}
 
     # -- validation: greedy reward evaluation --------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
