@@ -416,7 +416,11 @@ class GRPOModule(L.LightningModule):
         if self.trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(totals.to(self.device), reduce_op="sum").cpu()
         losses, entropy = totals[:-2], float(totals[-2] / totals[-1].clamp_min(1))
-        self.last_update_losses = [float(v) for v in losses]
+        self.last_step = {  # the step's global figures, the same on every rank
+            "kept": [(g.rank, g.part, g.index) for g in kept],
+            "advantages": result.advantages.tolist(),
+            "update_losses": [float(v) for v in losses],
+        }
         by_key: dict[str, list[GroupRecord]] = defaultdict(list)
         for g in kept:
             by_key[g.key].append(g)

@@ -1,0 +1,140 @@
+"""A GRPO fit on fixed global batches, in one process or several (run by tests/test_distributed_grpo.py).
+
+    python -m tests.distributed_grpo_run OUT WORLD STRATEGY   (from the repository root)
+
+Each RL step has a fixed global batch of prompts; rank r gets its share (rows r*B ... r*B+B-1), one
+process all of it, in the same order. A scripted rollout engine answers every prompt the same way in
+every run, and toy rewards make some groups all-0 (filtered) and the rest mixed, so the runs differ only
+in how the work is split over ranks. Rank 0 writes, per RL step, the global advantages, each update's
+loss and the EMA state to OUT/steps.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+import rewards
+from callbacks.task_reward_stats import TaskRewardStatsCallback
+from datamodules.collate import Collator, build_example
+from datamodules.media import stage_media
+from datamodules.records import load_records
+from lightning_modules.backbone import VisionLanguageBackbone
+from lightning_modules.grpo import GRPOModule
+from lightning_modules.rollout import Rollouts, repeat_prompts
+
+N = 4  # rollouts per prompt
+# Per step, the global batch as (problem_id, answer) pairs; "zero" groups score 0 and are filtered.
+# Step 0: rank 0 of 2 (rows 0-1) keeps no group, rank 1 keeps both. Step 1: every group is kept.
+STEPS = [
+    [(0, "zero"), (1, "zero"), (2, "mix"), (3, "mix")],
+    [(4, "mix"), (5, "mix"), (6, "mix"), (7, "mix")],
+]
+
+
+def toy_accuracy(pred: str, gt: str, variant: str = "released") -> float:
+    return 0.0 if gt == "zero" else (zlib.crc32(pred.encode()) % 997) / 996
+
+
+class ScriptedEngine:
+    """Answers row j of prompt p with ``<answer>{p}.{j}</answer>`` (the same text in every run)."""
+
+    max_new_tokens = 16
+
+    def __call__(self, backbone: VisionLanguageBackbone, prompts: dict[str, Any], n: int) -> Rollouts:
+        tok = backbone.tokenizer
+        end = tok.convert_tokens_to_ids("<|im_end|>")
+        texts = [f"<answer>{m['problem_id']}.{j}</answer>" for m in prompts["meta"] for j in range(n)]
+        ids = [tok.encode(t, add_special_tokens=False) + [end] for t in texts]
+        width = max(len(i) for i in ids)
+        response = torch.full((len(ids), width), tok.pad_token_id)
+        mask = torch.zeros(len(ids), width, dtype=torch.long)
+        for r, row in enumerate(ids):
+            response[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
+        batch = repeat_prompts(prompts, n)
+        prompt_len = batch["input_ids"].shape[1]
+        batch["input_ids"] = torch.cat([batch["input_ids"], response], 1)
+        batch["attention_mask"] = torch.cat([batch["attention_mask"], mask], 1)
+        if batch.get("mm_token_type_ids") is not None:
+            batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(mask)], 1)
+        full = torch.zeros_like(batch["input_ids"])
+        full[:, prompt_len:] = mask
+        groups = torch.arange(len(prompts["meta"])).repeat_interleave(n)
+        return Rollouts(batch, full, texts, groups, batch["meta"], int(mask.sum()))
+
+
+class FixedBatches(L.LightningDataModule):
+    """This rank's share of each step's global batch, collated (prompt lengths are equal)."""
+
+    def __init__(self, manifest: Path, processor: Any) -> None:
+        super().__init__()
+        self.manifest, self.processor, self.batches = manifest, processor, []
+
+    def setup(self, stage: str) -> None:  # after the process group exists
+        records = {str(r.problem_id): r for r in load_records(self.manifest, "rl")}
+        collate, media = Collator(self.processor, "rl"), stage_media("rl")
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        for step in STEPS:
+            share = step[rank * len(step) // world : (rank + 1) * len(step) // world]
+            self.batches.append(collate([build_example(records[str(pid)], "rl", media) for pid, _ in share]))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.batches, batch_size=None, shuffle=False)
+
+
+class StepRecorder(L.Callback):
+    def __init__(self, out: Path, ema: TaskRewardStatsCallback) -> None:
+        self.out, self.ema, self.steps = out, ema, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        summary = getattr(pl_module, "last_step", None) or {}
+        self.steps.append({
+            "advantages": [float(a) for a in summary.get("advantages", [])],
+            "update_losses": summary.get("update_losses", []),
+            "kept": summary.get("kept", []),
+            "ema": self.ema.ema.state_dict(),
+        })  # fmt: skip
+        if trainer.is_global_zero:
+            (self.out / "steps.json").write_text(json.dumps(self.steps))
+
+
+def main() -> None:
+    out, world, strategy = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    rewards.register_reward("numerical", data_type="image", structure=0.0, check_answer=lambda gt: None)(toy_accuracy)
+    manifest = out / "rl.json"
+    records = [
+        {"problem_id": pid, "problem": f"Question {pid % 10}: how many?", "data_type": "image",
+         "problem_type": "numerical", "options": [], "data_source": "toy", "answer": f"<answer>{answer}</answer>"}
+        for step in STEPS for pid, answer in step
+    ]  # fmt: skip
+    manifest.write_text(json.dumps(records))
+    backbone = VisionLanguageBackbone("tiny", seed=0, freeze_vision_tower=True, freeze_projector=True)
+    module = GRPOModule(
+        backbone, rollout=ScriptedEngine(), rollouts_per_prompt=N, advantage="ema_grpo", filter_groups=True,
+        max_resample=0, prompts_per_update=1, micro_batch_size=8, seed=0,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.0),
+    )  # fmt: skip
+    stats = TaskRewardStatsCallback()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=world, strategy=strategy if world > 1 else "auto", max_steps=100,
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False, callbacks=[stats, StepRecorder(out, stats)],
+    )  # fmt: skip
+    dm = FixedBatches(manifest, backbone.processor)
+    trainer.fit(module, datamodule=dm)
+    if trainer.is_global_zero:
+        print(f"MEMBERS {trainer.world_size} done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""GRPO across processes (gloo, CPU): ranks that keep different numbers of groups finish the fit, and
+the step's advantages, EMA state and each update's loss equal one process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 600  # a hang fails the test instead of stalling CI
+
+
+def run(out: Path, world: int, strategy: str = "ddp") -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.distributed_grpo_run", str(out), str(world), strategy],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"MEMBERS {world} done" in proc.stdout, proc.stdout[-2000:]
+    return json.loads((out / "steps.json").read_text())
+
+
+@pytest.mark.slow
+def test_ddp_rank_without_kept_groups_finishes_and_matches_one_process(tmp_path: Path):
+    one = run(tmp_path / "one", 1)
+    two = run(tmp_path / "two", 2, "ddp")
+    assert len(one) == len(two) == 2
+    # Step 0: only rank 1's two prompts survive the filter; step 1 keeps all four (two per rank).
+    assert [k[0] for k in two[0]["kept"]] == [1, 1] and [k[0] for k in two[1]["kept"]] == [0, 0, 1, 1]
+    assert [k[0] for k in one[0]["kept"]] == [0, 0]
+    for step, (a, b) in enumerate(zip(one, two)):
+        assert b["advantages"] == pytest.approx(a["advantages"], abs=1e-12), step
+        assert b["ema"] == a["ema"] or _close(b["ema"], a["ema"]), step
+        assert len(b["update_losses"]) == len(a["update_losses"]) == len(a["kept"]), step  # prompts_per_update=1
+        assert b["update_losses"] == pytest.approx(a["update_losses"], abs=1e-5), step
+        assert any(abs(v) > 1e-4 for v in a["update_losses"]), "the losses must be non-trivial to compare"
+
+
+def _close(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(a[k] == pytest.approx(b[k], rel=1e-12) if isinstance(a[k], float) else
+               (_close(a[k], b[k]) if isinstance(a[k], dict) else a[k] == b[k]) for k in a)  # fmt: skip
