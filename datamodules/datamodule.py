@@ -58,7 +58,9 @@ class OneThinkerDataModule(L.LightningDataModule):
             ``data_source``), e.g. ``{"data_type": {"image": 1, "video": 1}}``.
         temperature: flattens natural dataset sizes before the weights apply (1 keeps them).
         samples_per_epoch: draws per rank and epoch (default: the number of train records).
-        batch_size: rows per batch (prompts in RL).
+        batch_size: rows per batch and rank (prompts in RL).
+        global_batch_size: rows per step over all ranks, instead of ``batch_size``: each rank takes
+            ``global_batch_size / world size``, which must be whole (the released RL step: 128 prompts).
         eval_batch_size: rows per validation/test batch (default: ``batch_size``).
         num_workers: DataLoader worker processes that decode media.
         seed: sampling seed; ranks read disjoint positions of one seeded stream.
@@ -86,6 +88,7 @@ class OneThinkerDataModule(L.LightningDataModule):
         temperature: float = 1.0,
         samples_per_epoch: int | None = None,
         batch_size: int = 8,
+        global_batch_size: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
@@ -148,6 +151,8 @@ class OneThinkerDataModule(L.LightningDataModule):
             # RL validation may score evaluation records (held-out answers) as well as RL records.
             self.records["val"] = self._load(self.hparams.val_manifests, kind if kind == "sft" else None)
             self.records["test"] = self._load(self.hparams.test_manifests, "eval")
+        if stage == "fit":
+            self.train_batch_size  # noqa: B018  (a global batch that does not split fails here, not at the first step)
 
     def _collator(self, mode: Mode) -> Collator:
         if self.processor is None:
@@ -171,10 +176,26 @@ class OneThinkerDataModule(L.LightningDataModule):
             raise ValueError(f"no {split} records: set {split}_manifests")
         return RecordDataset(records, mode, self.media, self.hparams.on_bad_media)
 
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    @property
+    def train_batch_size(self) -> int:
+        """Rows per train batch on this rank."""
+        total = self.hparams.global_batch_size
+        if total is None:
+            return self.hparams.batch_size
+        _, world = self._world()
+        if total < world or total % world:
+            raise ValueError(
+                f"data.global_batch_size={total} does not split over {world} ranks: use a multiple of {world}"
+            )
+        return total // world
+
     def _new_sampler(self, seed: int, state: dict[str, Any] | None) -> MixedTaskSampler:
         self.setup()
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        rank, world = self._world()
         records = self.records["train"]
         probs = sampling_probabilities(records, self.hparams.weights, self.hparams.temperature)
         sampler = MixedTaskSampler(probs, self.hparams.samples_per_epoch or len(records), seed, rank, world)
@@ -198,7 +219,7 @@ class OneThinkerDataModule(L.LightningDataModule):
         sampler = self._resample_sampler
         dataset = self._dataset("train", self.mode)
         while True:
-            for batch in self._loader(dataset, self.hparams.batch_size, self.mode, sampler):
+            for batch in self._loader(dataset, self.train_batch_size, self.mode, sampler):
                 self.skipped.update(batch.get("skipped", {}))
                 positions = [p for p in batch.get("positions", []) if p is not None]
                 if positions:
@@ -221,7 +242,7 @@ class OneThinkerDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train", self.mode)
-        return self._loader(dataset, self.hparams.batch_size, self.mode, self.train_sampler())
+        return self._loader(dataset, self.train_batch_size, self.mode, self.train_sampler())
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()

@@ -87,3 +87,19 @@ def test_processor_must_be_connected(suite):
     dm = OneThinkerDataModule(mode="rl", train_manifests=[str(suite["rl"])])
     with pytest.raises(RuntimeError, match="connect"):
         dm.train_dataloader()
+
+
+def test_global_batch_size_splits_over_ranks_or_fails_at_setup(suite, processor):
+    from types import SimpleNamespace
+
+    for world, per_rank in ((1, 8), (2, 4), (4, 2)):
+        dm = make(suite, processor, mode="rl", global_batch_size=8, batch_size=3, samples_per_epoch=16)
+        dm.trainer = SimpleNamespace(global_rank=world - 1, world_size=world)
+        dm.setup("fit")
+        assert dm.train_batch_size == per_rank
+        assert len(next(iter(dm.train_dataloader()))["meta"]) == per_rank
+    dm = make(suite, processor, mode="rl", global_batch_size=8)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=3)
+    with pytest.raises(ValueError, match=r"global_batch_size=8 does not split over 3 ranks"):
+        dm.setup("fit")
+    assert make(suite, processor, mode="rl", batch_size=3).train_batch_size == 3  # per rank, as before
