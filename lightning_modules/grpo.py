@@ -56,6 +56,7 @@ class Collected:
     kept: list[GroupRecord] = field(default_factory=list)  # the groups trained on, global order
     generated_tokens: int = 0
     generation_seconds: float = 0.0
+    agreement_seconds: float = 0.0  # in the gathers (waiting for the slowest rank included)
 
 
 @dataclass
@@ -238,7 +239,9 @@ class GRPOModule(L.LightningModule):
                     break
                 prompts = self._next_resample_batch()
             local = self._roll_out(prompts, len(collected.parts), collected) if prompts and prompts.get("meta") else []
+            gather_started = time.perf_counter()
             gathered = gather_groups(local)
+            collected.agreement_seconds += time.perf_counter() - gather_started
             wanted = wanted or len(gathered)  # round 0: the step's global prompts
             collected.groups += gathered
         collected.kept = kept_groups(collected.groups, metric, band, enabled, wanted)
@@ -420,6 +423,8 @@ class GRPOModule(L.LightningModule):
             "kept": [(g.rank, g.part, g.index) for g in kept],
             "advantages": result.advantages.tolist(),
             "update_losses": [float(v) for v in losses],
+            "step_seconds": step_seconds,
+            "agreement_seconds": collected.agreement_seconds,
         }
         by_key: dict[str, list[GroupRecord]] = defaultdict(list)
         for g in kept:
@@ -453,6 +458,7 @@ class GRPOModule(L.LightningModule):
         log("train/entropy", entropy)
         log("train/generation_tokens_per_sec", collected.generated_tokens / max(collected.generation_seconds, 1e-9))
         log("train/step_seconds", step_seconds)
+        log("train/agreement_seconds", collected.agreement_seconds)
         log("train/lr", self.optimizers().param_groups[0]["lr"])
         self.last_rollouts = self._local_rollouts(collected, result)
 

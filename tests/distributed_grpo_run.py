@@ -101,6 +101,8 @@ class StepRecorder(L.Callback):
             "update_losses": summary.get("update_losses", []),
             "kept": summary.get("kept", []),
             "ema": self.ema.ema.state_dict(),
+            "step_seconds": summary.get("step_seconds"),
+            "agreement_seconds": summary.get("agreement_seconds"),
         })  # fmt: skip
         if trainer.is_global_zero:
             (self.out / "steps.json").write_text(json.dumps(self.steps))

@@ -404,7 +404,7 @@ def test_resume_continues_exactly(toy_rewards, media_files, tmp_path: Path):
     assert want.keys() == got.keys()
     assert abs(want["train/loss"]) > 1e-4 and want["train/kl"] > 0
     for name in want:
-        if not name.startswith(("train/step_seconds", "train/generation_tokens_per_sec")):
+        if not name.startswith(("train/step_seconds", "train/agreement_seconds", "train/generation_tokens_per_sec")):
             assert got[name] == pytest.approx(want[name], abs=1e-6), name
     ema_full, ema_resumed = full_stats.ema.state_dict(), stats.ema.state_dict()
     assert ema_full["updates"] == {"numerical": k + 1}  # every step kept numerical groups only
