@@ -1,6 +1,9 @@
 """A GRPO fit on fixed global batches, in one process or several (run by tests/test_distributed_grpo.py).
 
-    python -m tests.distributed_grpo_run OUT WORLD STRATEGY   (from the repository root)
+    python -m tests.distributed_grpo_run OUT WORLD STRATEGY [ENGINE] [STEPS]   (from the repository root)
+
+ENGINE ``scripted`` (default) or ``hf`` (sampled answers: benchmarks/bench_grpo_ranks.py); STEPS repeats
+the two steps' batches that many times (default 1).
 
 Each RL step has a fixed global batch of prompts; rank r gets its share (rows r*B ... r*B+B-1), one
 process all of it, in the same order. A scripted rollout engine answers every prompt the same way in
@@ -28,7 +31,7 @@ from datamodules.media import stage_media
 from datamodules.records import load_records
 from lightning_modules.backbone import VisionLanguageBackbone
 from lightning_modules.grpo import GRPOModule
-from lightning_modules.rollout import Rollouts, repeat_prompts
+from lightning_modules.rollout import HFGenerateEngine, Rollouts, repeat_prompts
 
 N = 4  # rollouts per prompt
 # Per step, the global batch as (problem_id, answer) pairs; "zero" groups score 0 and are filtered.
@@ -74,15 +77,15 @@ class ScriptedEngine:
 class FixedBatches(L.LightningDataModule):
     """This rank's share of each step's global batch, collated (prompt lengths are equal)."""
 
-    def __init__(self, manifest: Path, processor: Any) -> None:
+    def __init__(self, manifest: Path, processor: Any, repeats: int = 1) -> None:
         super().__init__()
-        self.manifest, self.processor, self.batches = manifest, processor, []
+        self.manifest, self.processor, self.repeats, self.batches = manifest, processor, repeats, []
 
     def setup(self, stage: str) -> None:  # after the process group exists
         records = {str(r.problem_id): r for r in load_records(self.manifest, "rl")}
         collate, media = Collator(self.processor, "rl"), stage_media("rl")
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        for step in STEPS:
+        for step in STEPS * self.repeats:
             share = step[rank * len(step) // world : (rank + 1) * len(step) // world]
             self.batches.append(collate([build_example(records[str(pid)], "rl", media) for pid, _ in share]))
 
@@ -110,6 +113,8 @@ class StepRecorder(L.Callback):
 
 def main() -> None:
     out, world, strategy = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    engine = ScriptedEngine() if (sys.argv[4] if len(sys.argv) > 4 else "scripted") == "scripted" else HFGenerateEngine(max_new_tokens=16)
+    repeats = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     rewards.register_reward("numerical", data_type="image", structure=0.0, check_answer=lambda gt: None)(toy_accuracy)
@@ -122,7 +127,7 @@ def main() -> None:
     manifest.write_text(json.dumps(records))
     backbone = VisionLanguageBackbone("tiny", seed=0, freeze_vision_tower=True, freeze_projector=True)
     module = GRPOModule(
-        backbone, rollout=ScriptedEngine(), rollouts_per_prompt=N, advantage="ema_grpo", filter_groups=True,
+        backbone, rollout=engine, rollouts_per_prompt=N, advantage="ema_grpo", filter_groups=True,
         max_resample=0, prompts_per_update=1, micro_batch_size=8, seed=0,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.0),
     )  # fmt: skip
@@ -132,7 +137,7 @@ def main() -> None:
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, use_distributed_sampler=False, callbacks=[stats, StepRecorder(out, stats)],
     )  # fmt: skip
-    dm = FixedBatches(manifest, backbone.processor)
+    dm = FixedBatches(manifest, backbone.processor, repeats)
     trainer.fit(module, datamodule=dm)
     if trainer.is_global_zero:
         print(f"MEMBERS {trainer.world_size} done")
