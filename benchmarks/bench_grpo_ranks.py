@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(out: Path, world: int, steps: int) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "tests.distributed_grpo_run", str(out), str(world), "ddp", "hf", str(steps // 2)]
+    cmd = [sys.executable, "-m", "tests.distributed_grpo_run", str(out), str(world), "ddp", "--engine", "hf",
+           "--repeats", str(steps // 2)]  # fmt: skip
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=3600)
     return json.loads((out / "steps.json").read_text())
 

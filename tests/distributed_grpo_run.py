@@ -1,9 +1,9 @@
 """A GRPO fit on fixed global batches, in one process or several (run by tests/test_distributed_grpo.py).
 
-    python -m tests.distributed_grpo_run OUT WORLD STRATEGY [ENGINE] [STEPS]   (from the repository root)
+    python -m tests.distributed_grpo_run OUT WORLD STRATEGY [--engine hf] [--repeats K]
+        [--ckpt-dir DIR] [--resume CKPT --skip STEPS]          (from the repository root)
 
-ENGINE ``scripted`` (default) or ``hf`` (sampled answers: benchmarks/bench_grpo_ranks.py); STEPS repeats
-the two steps' batches that many times (default 1).
+``--engine hf`` samples answers instead (benchmarks/bench_grpo_ranks.py).
 
 Each RL step has a fixed global batch of prompts; rank r gets its share (rows r*B ... r*B+B-1), one
 process all of it, in the same order. A scripted rollout engine answers every prompt the same way in
@@ -14,8 +14,8 @@ loss and the EMA state to OUT/steps.json.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -77,20 +77,31 @@ class ScriptedEngine:
 class FixedBatches(L.LightningDataModule):
     """This rank's share of each step's global batch, collated (prompt lengths are equal)."""
 
-    def __init__(self, manifest: Path, processor: Any, repeats: int = 1) -> None:
+    def __init__(self, manifest: Path, processor: Any, repeats: int = 1, skip: int = 0) -> None:
         super().__init__()
-        self.manifest, self.processor, self.repeats, self.batches = manifest, processor, repeats, []
+        self.manifest, self.processor, self.repeats, self.skip, self.batches = manifest, processor, repeats, skip, []
 
     def setup(self, stage: str) -> None:  # after the process group exists
         records = {str(r.problem_id): r for r in load_records(self.manifest, "rl")}
         collate, media = Collator(self.processor, "rl"), stage_media("rl")
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        for step in STEPS * self.repeats:
+        for step in (STEPS * self.repeats)[self.skip :]:
             share = step[rank * len(step) // world : (rank + 1) * len(step) // world]
             self.batches.append(collate([build_example(records[str(pid)], "rl", media) for pid, _ in share]))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.batches, batch_size=None, shuffle=False)
+
+
+class StepCheckpoint(L.Callback):
+    """A checkpoint after every RL step, named by the RL steps done (``rl_step=K.ckpt``)."""
+
+    def __init__(self, dirpath: Path) -> None:
+        self.dirpath, self.rl_steps = dirpath, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.rl_steps += 1
+        trainer.save_checkpoint(self.dirpath / f"rl_step={self.rl_steps}.ckpt")
 
 
 class StepRecorder(L.Callback):
@@ -111,10 +122,22 @@ class StepRecorder(L.Callback):
             (self.out / "steps.json").write_text(json.dumps(self.steps))
 
 
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    ap.add_argument("world", type=int)
+    ap.add_argument("strategy")
+    ap.add_argument("--engine", choices=("scripted", "hf"), default="scripted")
+    ap.add_argument("--repeats", type=int, default=1, help="the steps' batches, this many times over")
+    ap.add_argument("--ckpt-dir", type=Path, help="save a checkpoint after every RL step")
+    ap.add_argument("--resume", help="checkpoint to resume from")
+    ap.add_argument("--skip", type=int, default=0, help="RL steps the resumed checkpoint has done")
+    return ap.parse_args()
+
+
 def main() -> None:
-    out, world, strategy = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    engine = ScriptedEngine() if (sys.argv[4] if len(sys.argv) > 4 else "scripted") == "scripted" else HFGenerateEngine(max_new_tokens=16)
-    repeats = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+    args = parse_args()
+    out, world = args.out, args.world
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     rewards.register_reward("numerical", data_type="image", structure=0.0, check_answer=lambda gt: None)(toy_accuracy)
@@ -126,19 +149,23 @@ def main() -> None:
     ]  # fmt: skip
     manifest.write_text(json.dumps(records))
     backbone = VisionLanguageBackbone("tiny", seed=0, freeze_vision_tower=True, freeze_projector=True)
+    engine = ScriptedEngine() if args.engine == "scripted" else HFGenerateEngine(max_new_tokens=16)
     module = GRPOModule(
         backbone, rollout=engine, rollouts_per_prompt=N, advantage="ema_grpo", filter_groups=True,
         max_resample=0, prompts_per_update=1, micro_batch_size=8, seed=0,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.0),
     )  # fmt: skip
     stats = TaskRewardStatsCallback()
+    callbacks: list[L.Callback] = [stats, StepRecorder(out, stats)]
+    if args.ckpt_dir is not None:
+        callbacks.append(StepCheckpoint(args.ckpt_dir))
     trainer = L.Trainer(
-        accelerator="cpu", devices=world, strategy=strategy if world > 1 else "auto", max_steps=100,
+        accelerator="cpu", devices=world, strategy=args.strategy if world > 1 else "auto", max_steps=1000,
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, use_distributed_sampler=False, callbacks=[stats, StepRecorder(out, stats)],
+        enable_model_summary=False, use_distributed_sampler=False, callbacks=callbacks,
     )  # fmt: skip
-    dm = FixedBatches(manifest, backbone.processor, repeats)
-    trainer.fit(module, datamodule=dm)
+    dm = FixedBatches(manifest, backbone.processor, args.repeats, args.skip)
+    trainer.fit(module, datamodule=dm, ckpt_path=args.resume)
     if trainer.is_global_zero:
         print(f"MEMBERS {trainer.world_size} done")
 

@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600  # a hang fails the test instead of stalling CI
 
 
-def run(out: Path, world: int, strategy: str = "ddp") -> list[dict]:
+def run(out: Path, world: int, strategy: str = "ddp", *options: str) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.distributed_grpo_run", str(out), str(world), strategy],
+        [sys.executable, "-m", "tests.distributed_grpo_run", str(out), str(world), strategy, *options],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -47,3 +47,19 @@ def _close(a: dict, b: dict) -> bool:
         return False
     return all(a[k] == pytest.approx(b[k], rel=1e-12) if isinstance(a[k], float) else
                (_close(a[k], b[k]) if isinstance(a[k], dict) else a[k] == b[k]) for k in a)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ddp_resume_continues_exactly(tmp_path: Path):
+    """Two processes, a checkpoint after RL step 2 of 4; the resumed run's steps 3 and 4 (advantages,
+    EMA, every update's loss) equal the uninterrupted run's."""
+    full = run(tmp_path / "full", 2, "ddp", "--repeats", "2", "--ckpt-dir", str(tmp_path / "ckpt"))
+    resumed = run(tmp_path / "resumed", 2, "ddp", "--repeats", "2", "--resume", str(tmp_path / "ckpt" / "rl_step=2.ckpt"),
+                  "--skip", "2")  # fmt: skip
+    assert len(full) == 4 and len(resumed) == 2
+    assert full[2]["ema"]["updates"] == {"numerical": 3}  # the EMA carried over the checkpoint
+    for want, got in zip(full[2:], resumed):
+        assert got["kept"] == want["kept"]
+        assert got["advantages"] == pytest.approx(want["advantages"], abs=1e-12)
+        assert got["ema"] == want["ema"]
+        assert got["update_losses"] == pytest.approx(want["update_losses"], abs=1e-6)
