@@ -88,11 +88,19 @@ class SFTModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if "labels" not in batch:  # every row was skipped (and counted by the data module)
-            return None
+            if self.trainer.world_size == 1:
+                return None
+            # The other ranks' forward, backward and reductions wait for this rank's: run a
+            # zero-token placeholder row, whose loss and gradients are zero.
+            batch = self._placeholder_batch()
         loss, tasks, tokens = self.loss(batch)
         loss, global_loss = self._global_token_mean(loss, tokens)
-        self._log_step("train", global_loss, tasks, len(batch["meta"]))
+        self._log_step("train", global_loss, tasks, max(len(batch["meta"]), 1))
         return loss
+
+    def _placeholder_batch(self) -> dict[str, Any]:
+        ids = torch.full((1, 2), self.backbone.tokenizer.pad_token_id, device=self.device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, -100), "meta": []}
 
     def _global_token_mean(self, loss: torch.Tensor, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's term of the global token mean, and the global mean itself (for logging).
