@@ -12,7 +12,7 @@ from lightning.pytorch.cli import OptimizerCallable
 
 from lightning_modules.backbone import VisionLanguageBackbone
 from lightning_modules.schedules import WarmupSchedule
-from lightning_modules.sharding import ShardingSettings, configure_sharding
+from lightning_modules.sharding import ShardingSettings, configure_sharding, total_grad_norm
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -28,15 +28,6 @@ def per_task_sums(nll: torch.Tensor, mask: torch.Tensor, meta: list[dict[str, An
         out[key][0] = out[key][0] + row_sum[i]
         out[key][1] += int(row_count[i])
     return {k: (v[0], v[1]) for k, v in out.items()}
-
-
-def total_grad_norm(module: torch.nn.Module) -> torch.Tensor | None:
-    """L2 norm of all gradients of ``module``; sharded (DTensor) gradients are reduced across ranks."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return None
-    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 class SFTModule(L.LightningModule):
@@ -90,17 +81,24 @@ class SFTModule(L.LightningModule):
         if "labels" not in batch:  # every row was skipped (and counted by the data module)
             if self.trainer.world_size == 1:
                 return None
-            # The other ranks' forward, backward and reductions wait for this rank's: run a
-            # zero-token placeholder row, whose loss and gradients are zero.
-            batch = self._placeholder_batch()
-        loss, tasks, tokens = self.loss(batch)
+            # The other ranks' forwards, backwards and reductions wait for this rank's.
+            loss, tasks, tokens = self._placeholder_loss(), {}, 0
+        else:
+            loss, tasks, tokens = self.loss(batch)
         loss, global_loss = self._global_token_mean(loss, tokens)
         self._log_step("train", global_loss, tasks, max(len(batch["meta"]), 1))
         return loss
 
-    def _placeholder_batch(self) -> dict[str, Any]:
+    def _placeholder_loss(self) -> torch.Tensor:
+        """A zero loss with the graph of a real step: one scored token through `token_logprobs` (the
+        same FSDP hooks and collectives as a real batch), plus the trainable vision parameters (a
+        text row does not reach them), so every parameter gets a (zero) gradient to reduce."""
         ids = torch.full((1, 2), self.backbone.tokenizer.pad_token_id, device=self.device)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, -100), "meta": []}
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        logp = self.backbone.token_logprobs(batch, torch.tensor([[False, True]], device=self.device))
+        visual = self.backbone._visual(self.backbone.model).parameters()
+        unreached = [p.sum() for p in visual if p.requires_grad and not hasattr(p, "full_tensor")]
+        return 0.0 * (logp.sum() + sum(unreached))
 
     def _global_token_mean(self, loss: torch.Tensor, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's term of the global token mean, and the global mean itself (for logging).

@@ -103,7 +103,7 @@ def shard_backbone(
     from torch.distributed._composable import checkpoint
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-    if backbone.hf_model.is_gradient_checkpointing and activation_checkpointing:
+    if activation_checkpointing and backbone.hf_model.is_activation_checkpointing:
         raise ValueError(
             "activation_checkpointing and the backbone's gradient_checkpointing both recompute each layer; "
             "set only one"
@@ -126,6 +126,16 @@ def is_sharded(module: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(module, FSDPModule)
+
+
+def total_grad_norm(module: nn.Module) -> torch.Tensor | None:
+    """L2 norm of all gradients of ``module``; sharded (DTensor) gradients are reduced across ranks,
+    so every rank must call it. ``None`` when no parameter has a gradient."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def configure_sharding(module: L.LightningModule, backbone: VisionLanguageBackbone, settings: ShardingSettings) -> None:

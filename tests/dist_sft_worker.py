@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--rows-per-step", type=int, default=4)
     parser.add_argument("--replicate", type=int, default=0, help="mesh (replicate, shard); 0: one process, no strategy")
     parser.add_argument("--shard", type=int, default=0)
-    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="the sharding option (composable)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="the backbone's (Hugging Face)")
     parser.add_argument("--skip", type=int, nargs=3, default=None, help="step rank world: a rank's rows all skipped")
     parser.add_argument("--checkpoint-dir", default=None, help="save a checkpoint after the last step")
     args = parser.parse_args()
@@ -91,7 +92,7 @@ def main() -> None:
     L.seed_everything(0, verbose=False)
     backbone = VisionLanguageBackbone(
         "tiny", family=args.family, seed=0, tiny_vocab="synthetic", attn_implementation="sdpa",
-        lora=LoraSettings(r=4, alpha=8) if args.lora else None,
+        lora=LoraSettings(r=4, alpha=8) if args.lora else None, gradient_checkpointing=args.gradient_checkpointing,
     )
     module = SFTModule(
         backbone,

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.sharding import data_parallel_mesh, transformer_blocks
+from lightning_modules.sharding import data_parallel_mesh, total_grad_norm, transformer_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dist_sft_worker.py"
@@ -118,6 +118,14 @@ def test_units_are_the_decoder_layers_and_vision_blocks(family: str, layer: str,
         assert [type(m).__name__ for m in blocks] == [block] * 2
 
 
+def test_total_grad_norm_by_hand():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1))
+    module[0].weight.grad = torch.tensor([[3.0, 4.0]])
+    module[1].weight.grad = torch.tensor([[12.0]])  # module[2] has no gradient: left out
+    assert float(total_grad_norm(module)) == pytest.approx(13.0)  # sqrt(9 + 16 + 144)
+    assert total_grad_norm(torch.nn.Linear(1, 1)) is None
+
+
 # --------------------------------------------------------------------------- several processes
 
 
@@ -162,6 +170,18 @@ def test_sharded_checkpoint_exports_to_the_trained_model(hsdp_run, manifest: Pat
     # The log-probabilities the trained, sharded model computed at the end of the run.
     torch.testing.assert_close(logprobs, got["logprobs"], **TOLERANCE)
     assert (untrained - got["logprobs"]).abs().max() > 0.1  # training moved the weights
+
+
+@pytest.mark.slow
+def test_rank_whose_rows_were_all_skipped_does_not_hang(manifest: Path, tmp_path: Path):
+    """Step 2: rank 1's every row was skipped. It runs a zero-token placeholder row (no hang), and the
+    step equals one process on the rows that remain. Rank 1 also recomputes with the backbone's
+    (Hugging Face) gradient checkpointing, as the 8B recipes do."""
+    skip = ["--skip", "1", "1", "2"]
+    want = run_worker(tmp_path / "single", manifest, 0, skip)
+    got = run_worker(tmp_path / "fsdp", manifest, 2, [*skip, "--replicate", "1", "--shard", "2", "--gradient-checkpointing"])
+    assert got["sharded"] and got["world_size"] == 2
+    assert_same_run(got, want)
 
 
 @pytest.mark.slow
