@@ -23,9 +23,12 @@ if TYPE_CHECKING:
 
     from lightning_modules.backbone import VisionLanguageBackbone
 
-# Backbone methods that use parameters outside ``forward``: FSDP runs its pre/post-forward hooks
-# around them too (all-gather the root unit: embeddings, tied lm_head, norm, vision tower).
-FORWARD_METHODS = ("token_logprobs", "generate")
+# Backbone methods that run the model without calling ``backbone.forward``: FSDP runs its root
+# pre/post-forward hooks around them too (Hugging Face ``generate`` calls ``hf_model.forward``).
+# ``token_logprobs`` needs none: it calls ``forward``, after which the root unit stays gathered
+# (``reshard_after_forward=False``) for ``lm_head``; so a bare forward and ``token_logprobs`` issue
+# the same collectives.
+FORWARD_METHODS = ("generate",)
 
 
 @dataclass
@@ -96,9 +99,10 @@ def shard_backbone(
     """Apply ``fully_shard`` per decoder layer (and per vision block), then to ``backbone`` (the root).
 
     The root unit holds the embeddings (tied with ``lm_head``), the final norm and, unless
-    ``shard_vision_blocks``, the vision tower. ``token_logprobs`` and ``generate`` are registered as
-    forward methods, so they gather the root unit like ``forward``. Returns ``backbone``, sharded
-    in place.
+    ``shard_vision_blocks``, the vision tower; it stays gathered from forward to backward, so
+    ``token_logprobs`` can apply ``lm_head`` after ``forward``. ``generate`` is registered as a
+    forward method, so it gathers the root unit like ``forward``. Returns ``backbone``, sharded in
+    place.
     """
     from torch.distributed._composable import checkpoint
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
