@@ -295,6 +295,10 @@ class VisionLanguageBackbone(nn.Module):
         kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens}
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        if sharded_across_ranks(self):
+            # Every rank keeps decoding (on padding) until all ranks are done: each decoding step
+            # all-gathers the sharded layers, so a rank that stopped early would hang the others.
+            kwargs["synced_gpus"] = True
         sequences = self.hf_model.generate(
             **self.model_inputs(batch),
             num_return_sequences=num_return_sequences,
@@ -317,6 +321,14 @@ class VisionLanguageBackbone(nn.Module):
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(str(out))
         self.processor.save_pretrained(str(out))
+
+
+def sharded_across_ranks(module: nn.Module) -> bool:
+    """``module`` is sharded with FSDP2 (``fully_shard``) in a process group of more than one rank."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def response_mask(response: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:

@@ -37,6 +37,7 @@ from lightning_modules.sam2_masks import (
     read_frames,
     read_image,
 )
+from lightning_modules.sharding import ShardingSettings, configure_sharding
 from rewards.parsing import extract_answer, normalize_response
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class EvaluationModule(L.LightningModule):
             (checks the pipeline; an upper bound, not a result).
         lenient_json: accept code fences, trailing commas and single quotes in JSON answers.
         reward_variant: QA accuracy semantics (``released`` or ``paper``).
+        sharding: FSDP2 settings, applied when the Trainer's strategy is ``ModelParallelStrategy``
+            (ignored on one device and under DDP). Use ``data_parallel_size`` = world size and
+            ``tensor_parallel_size: 1`` there: Lightning splits the records over the
+            ``data_parallel`` dimension only.
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class EvaluationModule(L.LightningModule):
         mask_source: Literal["sam2", "ground_truth"] = "sam2",
         lenient_json: bool = False,
         reward_variant: Literal["released", "paper"] = "released",
+        sharding: ShardingSettings | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -88,11 +94,22 @@ class EvaluationModule(L.LightningModule):
         self.mask_source = mask_source
         self.lenient_json = lenient_json
         self.reward_variant = reward_variant
+        self.sharding = sharding or ShardingSettings()
         self._records: dict[tuple[str, int], Any] = {}
         self._new_rows: list[dict[str, Any]] = []
         self._store: PredictionStore | None = None
         self._predict_seconds = 0.0
         self.results: dict[str, Any] | None = None
+
+    def configure_model(self) -> None:
+        mesh = self.device_mesh
+        if mesh is not None and mesh.ndim == 2 and mesh.shape[1] > 1:
+            raise ValueError(
+                f"evaluation under ModelParallelStrategy needs tensor_parallel_size=1 (got mesh {tuple(mesh.shape)}): "
+                "Lightning's distributed sampler splits the records over data_parallel_size ranks only, so set "
+                "data_parallel_size to the world size"
+            )
+        configure_sharding(self, self.backbone, self.sharding)
 
     # -- set-up: skip what an earlier run already predicted -------------------------------------
     def setup(self, stage: str) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import grad_norm
 
 from lightning_modules.backbone import VisionLanguageBackbone
 from lightning_modules.schedules import WarmupSchedule
+from lightning_modules.sharding import ShardingSettings, configure_sharding, total_grad_norm
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -33,12 +33,15 @@ def per_task_sums(nll: torch.Tensor, mask: torch.Tensor, meta: list[dict[str, An
 class SFTModule(L.LightningModule):
     """Supervised fine-tuning of a `VisionLanguageBackbone` on ``<think>…</think><answer>…</answer>`` turns.
 
-    The loss is the token mean of the assistant tokens' negative log-likelihood over the batch.
+    The loss is the token mean of the assistant tokens' negative log-likelihood over the global
+    batch (every rank's rows), so N processes train as one process on the concatenated batch.
 
     Args:
         backbone: the model and processor.
         optimizer: optimizer factory over the trainable parameters (recipe: AdamW, lr 1e-5).
         schedule: learning-rate schedule (recipe: cosine, warm-up ratio 0.02).
+        sharding: FSDP2 settings, applied when the Trainer's strategy is ``ModelParallelStrategy``
+            (ignored on one device and under DDP).
     """
 
     def __init__(
@@ -46,12 +49,17 @@ class SFTModule(L.LightningModule):
         backbone: VisionLanguageBackbone,
         optimizer: OptimizerCallable = _adamw,
         schedule: WarmupSchedule | None = None,
+        sharding: ShardingSettings | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.schedule = schedule or WarmupSchedule("cosine", 0.02)
+        self.sharding = sharding or ShardingSettings()
         self._step_started = 0.0
+
+    def configure_model(self) -> None:
+        configure_sharding(self, self.backbone, self.sharding)
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]], int]:
         mask = (batch["labels"] != -100).float()
@@ -71,10 +79,40 @@ class SFTModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if "labels" not in batch:  # every row was skipped (and counted by the data module)
-            return None
-        loss, tasks, _ = self.loss(batch)
-        self._log_step("train", loss, tasks, len(batch["meta"]))
+            if self.trainer.world_size == 1:
+                return None
+            # The other ranks' forwards, backwards and reductions wait for this rank's.
+            loss, tasks, tokens = self._placeholder_loss(), {}, 0
+        else:
+            loss, tasks, tokens = self.loss(batch)
+        loss, global_loss = self._global_token_mean(loss, tokens)
+        self._log_step("train", global_loss, tasks, max(len(batch["meta"]), 1))
         return loss
+
+    def _placeholder_loss(self) -> torch.Tensor:
+        """A zero loss with the graph of a real step: one scored token through `token_logprobs` (the
+        same FSDP hooks and collectives as a real batch), plus the trainable vision parameters (a
+        text row does not reach them), so every parameter gets a (zero) gradient to reduce."""
+        ids = torch.full((1, 2), self.backbone.tokenizer.pad_token_id, device=self.device)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        logp = self.backbone.token_logprobs(batch, torch.tensor([[False, True]], device=self.device))
+        visual = self.backbone._visual(self.backbone.model).parameters()
+        unreached = [p.sum() for p in visual if p.requires_grad and not hasattr(p, "full_tensor")]
+        return 0.0 * (logp.sum() + sum(unreached))
+
+    def _global_token_mean(self, loss: torch.Tensor, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's term of the global token mean, and the global mean itself (for logging).
+
+        Gradients are averaged over ranks (DDP, FSDP), so the rank's token sum is scaled by
+        ``world_size / global tokens``: the average is then the mean over every rank's tokens.
+        """
+        world = self.trainer.world_size
+        if world == 1:
+            return loss, loss.detach()
+        stats = torch.stack([loss.detach() * tokens, loss.new_tensor(float(tokens))])
+        total, global_tokens = self.trainer.strategy.reduce(stats, reduce_op="sum").unbind()
+        global_tokens = global_tokens.clamp(min=1)
+        return loss * (tokens * world / global_tokens), total / global_tokens
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if "attention_mask" not in batch:
@@ -85,9 +123,9 @@ class SFTModule(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=1)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = grad_norm(self.backbone, norm_type=2)
-        if "grad_2.0_norm_total" in norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, batch_size=1)
+        norm = total_grad_norm(self.backbone)
+        if norm is not None:
+            self.log("train/grad_norm", norm, on_step=True, batch_size=1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "labels" not in batch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -75,14 +76,30 @@ def test_cpu_recipe_fast_dev_run(recipe: Path, suite_paths: dict[str, Path], tmp
     assert "Trainer.fit` stopped" in result.stdout + result.stderr or "fast_dev_run" in result.stdout + result.stderr
 
 
+SHARDED_TRAINERS = {"trainer_fsdp.yaml": (1, "auto"), "trainer_hsdp.yaml": ("auto", "auto")}
+
+
+@pytest.mark.parametrize("trainer", sorted(SHARDED_TRAINERS))
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.name)
-def test_gpu_recipe_is_a_valid_config(recipe: Path, tmp_path: Path):
-    shared = [EXPERIMENTS / "shared" / "trainer_gpu.yaml", EXPERIMENTS / "shared" / "logger_wandb.yaml"]
+def test_gpu_recipe_is_a_valid_config(recipe: Path, trainer: str, tmp_path: Path):
+    shared = [EXPERIMENTS / "shared" / trainer, EXPERIMENTS / "shared" / "logger_wandb.yaml"]
     result = onethinker("fit", *config_args([*shared, recipe]), "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["init_args"]["backbone"]["init_args"]["model_name_or_path"] != "tiny"
     assert printed["trainer"]["use_distributed_sampler"] is False
+    strategy = printed["trainer"]["strategy"]
+    assert strategy["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    mesh = (strategy["init_args"]["data_parallel_size"], strategy["init_args"]["tensor_parallel_size"])
+    assert mesh == SHARDED_TRAINERS[trainer]
+    # Lightning must not cast the sharded master weights: bf16 comes from the module's sharding policy.
+    assert printed["trainer"]["precision"] == "32-true"
+
+
+def test_8b_recipes_name_the_sharded_trainer():
+    for recipe in GPU_RECIPES:
+        assert "experiments/shared/trainer_fsdp.yaml" in recipe.read_text(), recipe.name
+    assert not (EXPERIMENTS / "shared" / "trainer_gpu.yaml").exists()
 
 
 def test_sft_8b_recipe_matches_paper():
@@ -93,8 +110,16 @@ def test_sft_8b_recipe_matches_paper():
     assert cfg["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(1e-5)
     assert cfg["model"]["init_args"]["schedule"] == {"name": "cosine", "warmup_ratio": 0.02}
     assert cfg["data"]["max_length"] == 16384
-    gpu = yaml.safe_load((EXPERIMENTS / "shared" / "trainer_gpu.yaml").read_text())["trainer"]
-    assert gpu["strategy"]["init_args"]["sharding_strategy"] == "FULL_SHARD" and gpu["precision"] == "bf16-true"
+    fsdp = yaml.safe_load((EXPERIMENTS / "shared" / "trainer_fsdp.yaml").read_text())["trainer"]
+    assert fsdp["strategy"]["class_path"].endswith("ModelParallelStrategy")
+    # bf16 compute, fp32 gradient reduction: the SFT module's sharding defaults.
+    from lightning_modules.sft import SFTModule
+
+    sharding = inspect.signature(SFTModule).parameters["sharding"]
+    assert sharding.default is None  # -> ShardingSettings()
+    from lightning_modules.sharding import ShardingSettings
+
+    assert (ShardingSettings().param_dtype, ShardingSettings().reduce_dtype) == ("bfloat16", "float32")
 
 
 @pytest.mark.slow

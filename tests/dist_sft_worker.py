@@ -1,0 +1,151 @@
+"""One rank of a tiny-model SFT run; tests/test_distributed_sft.py launches it with torchrun (or as
+one plain process for the reference) and reads back what it writes.
+
+Every rank builds the same global batches (``rows_per_step`` rows per step from the synthetic SFT
+manifest) and trains on its contiguous share; one process trains on the whole global batch.
+Rank 0 writes ``losses.json`` (the logged global loss per step) and ``logprobs.pt`` (token
+log-probabilities of a fixed batch after training, from the trained, possibly sharded, model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from datamodules.collate import Collator, build_example
+from datamodules.media import PixelBudget, stage_media
+from datamodules.records import load_records
+from lightning_modules.backbone import LoraSettings, VisionLanguageBackbone
+from lightning_modules.schedules import WarmupSchedule
+from lightning_modules.sft import SFTModule
+from lightning_modules.sharding import ShardingSettings, is_sharded
+
+
+def small_media(family: str):
+    f = 32 if family == "qwen3_vl" else 28  # patch factor
+    budget = {"image": PixelBudget(4 * f * f, 16 * f * f), "video_frame": PixelBudget(f * f, 4 * f * f)}
+    return dataclasses.replace(stage_media("sft", family), max_frames=4, **budget)
+
+
+class GlobalLoss(Callback):
+    """The logged ``train/loss`` (the global token mean) after each optimizer step."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+
+def global_batches(
+    manifest: str, backbone, steps: int, rows: int, rank: int, world: int, skip: tuple[int, int, int] | None = None
+) -> list[dict]:
+    """``steps`` batches; step s holds records s*rows .. (s+1)*rows - 1, this rank its contiguous share.
+
+    ``skip`` = (step, rank, world): at that step, that rank's share (under that world size) is left
+    out: the rank itself gets a batch whose every row was skipped; one process drops those rows.
+    """
+    records = load_records(manifest, "sft")
+    media, share = small_media(backbone.family), rows // world
+    out = []
+    for step in range(steps):
+        indices = list(range(rank * share, (rank + 1) * share))
+        if skip is not None and skip[0] == step:
+            gone = range(skip[1] * rows // skip[2], (skip[1] + 1) * rows // skip[2])
+            if world > 1 and rank == skip[1]:
+                out.append({"meta": [], "skipped": {"bad_media/test": len(gone)}, "positions": []})
+                continue
+            indices = [i for i in indices if i not in gone]
+        chosen = [records[(step * rows + i) % len(records)] for i in indices]
+        out.append(Collator(backbone.processor, "sft")([build_example(r, "sft", media) for r in chosen]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--family", default="qwen3_vl")
+    parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rows-per-step", type=int, default=4)
+    parser.add_argument("--replicate", type=int, default=0, help="mesh (replicate, shard); 0: one process, no strategy")
+    parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--param-dtype", default="float32", help="the sharding's compute dtype")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="the sharding option (composable)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="the backbone's (Hugging Face)")
+    parser.add_argument("--skip", type=int, nargs=3, default=None, help="step rank world: a rank's rows all skipped")
+    parser.add_argument("--checkpoint-dir", default=None, help="save a checkpoint after the last step")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    out = Path(args.out)
+
+    L.seed_everything(0, verbose=False)
+    backbone = VisionLanguageBackbone(
+        "tiny", family=args.family, seed=0, tiny_vocab="synthetic", attn_implementation="sdpa",
+        lora=LoraSettings(r=4, alpha=8) if args.lora else None, gradient_checkpointing=args.gradient_checkpointing,
+    )
+    module = SFTModule(
+        backbone,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0),
+        schedule=WarmupSchedule("constant", 0.0),
+        sharding=ShardingSettings(param_dtype=args.param_dtype, activation_checkpointing=args.activation_checkpointing),
+    )
+    skip = tuple(args.skip) if args.skip else None
+    batches = global_batches(args.manifest, backbone, args.steps, args.rows_per_step, rank, world, skip)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
+    strategy = (
+        ModelParallelStrategy(data_parallel_size=args.replicate, tensor_parallel_size=args.shard)
+        if args.replicate
+        else "auto"
+    )
+    recorder = GlobalLoss()
+    callbacks: list[Callback] = [recorder]
+    if args.checkpoint_dir:
+        callbacks.append(ModelCheckpoint(dirpath=args.checkpoint_dir, filename="last", every_n_train_steps=args.steps))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=world,
+        strategy=strategy,
+        max_steps=args.steps,
+        gradient_clip_val=1.0,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=bool(args.checkpoint_dir),
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+    trainer.fit(module, loader)
+
+    # Log-probabilities of the first global batch, through the trained module (sharded or not).
+    probe = global_batches(args.manifest, backbone, 1, args.rows_per_step, 0, 1)[0]
+    module.backbone.eval()
+    with torch.no_grad():
+        logprobs = module.backbone.token_logprobs(probe, probe["labels"] != -100)
+    if trainer.global_rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        mesh = module.device_mesh
+        run = {
+            "losses": recorder.losses,
+            "world_size": trainer.world_size,
+            "mesh": None if mesh is None else list(mesh.shape),
+            "sharded": is_sharded(module.backbone),
+        }
+        (out / "losses.json").write_text(json.dumps(run))
+        torch.save(logprobs, out / "logprobs.pt")
+
+
+if __name__ == "__main__":
+    main()
