@@ -9,9 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 from lightning_modules.processing import build_processor, vision_token_ids
@@ -82,11 +80,6 @@ def model_family(model_type: str) -> str:
     if model_type.startswith("qwen2_5_vl"):
         return "qwen2_5_vl"
     raise ValueError(f"unsupported model_type {model_type!r}; supported: qwen3_vl, qwen3_vl_moe, qwen2_5_vl")
-
-
-def is_sharded(module: nn.Module) -> bool:
-    """Whether FSDP2 sharded ``module``'s parameters (they are DTensors then)."""
-    return any(isinstance(p, DTensor) for p in module.parameters())
 
 
 def score_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -305,7 +298,6 @@ class VisionLanguageBackbone(nn.Module):
             suppress_tokens=self.suppressed_token_ids,
             eos_token_id=eos,
             pad_token_id=tok.pad_token_id,
-            synced_gpus=is_sharded(self) and dist.is_initialized() and dist.get_world_size() > 1,
             **kwargs,
         )
         prompt_len = batch["input_ids"].shape[1]

@@ -14,7 +14,7 @@ from lightning.pytorch.cli import OptimizerCallable
 
 import rewards
 from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages, task_key
-from lightning_modules.backbone import VisionLanguageBackbone, is_sharded
+from lightning_modules.backbone import VisionLanguageBackbone, sharded_across_ranks
 from lightning_modules.losses import aggregate, global_counts, kl_penalty, policy_loss
 from lightning_modules.rl_step import (
     GroupRecord,
@@ -29,6 +29,7 @@ from lightning_modules.rl_step import (
 )
 from lightning_modules.rollout import HFGenerateEngine, RolloutEngine, Rollouts, select_rows
 from lightning_modules.schedules import WarmupSchedule
+from lightning_modules.sharding import ShardingSettings, configure_sharding
 
 REWARD_FIELDS = ("overall", "accuracy", "format", "structure")
 
@@ -119,6 +120,8 @@ class GRPOModule(L.LightningModule):
         seed: seed of the rollout sampling.
         val_max_new_tokens: response cap of the reward evaluation in validation.
         val_samples: sampled responses per prompt in validation (0: greedy only).
+        sharding: FSDP2 settings, applied (to the policy and the KL reference) when the Trainer's
+            strategy is ``ModelParallelStrategy``.
     """
 
     def __init__(
@@ -152,12 +155,14 @@ class GRPOModule(L.LightningModule):
         seed: int = 0,
         val_max_new_tokens: int = 256,
         val_samples: int = 0,
+        sharding: ShardingSettings | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
         self.backbone = backbone
         self.rollout: RolloutEngine = rollout or HFGenerateEngine()
-        self.save_hyperparameters(ignore=["backbone", "rollout", "optimizer", "schedule"])
+        self.save_hyperparameters(ignore=["backbone", "rollout", "optimizer", "schedule", "sharding"])
+        self.sharding = sharding or ShardingSettings()
         self.optimizer_factory = optimizer
         self.schedule = schedule or WarmupSchedule("constant", 0.0)
         self.reward_ema: TaskRewardEMA | None = None
@@ -183,6 +188,12 @@ class GRPOModule(L.LightningModule):
         # reference (the initial policy) instead of failing on its keys or copying the resumed policy.
         if stage == "fit" and self.hparams.kl_coef > 0 and self.reference is None:
             self.reference = copy.deepcopy(self.backbone).eval().requires_grad_(False)
+
+    def configure_model(self) -> None:
+        # After setup(): the reference is a copy of the unsharded policy, sharded the same way.
+        configure_sharding(self, self.backbone, self.sharding)
+        if self.reference is not None:
+            configure_sharding(self, self.reference, self.sharding)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.backbone.parameters() if p.requires_grad]
@@ -306,7 +317,7 @@ class GRPOModule(L.LightningModule):
 
     def _lockstep_forwards(self) -> bool:
         """Forward passes are collective (FSDP2 gathers parameters): pad no-grad passes too."""
-        return self.trainer.world_size > 1 and is_sharded(self.backbone)
+        return sharded_across_ranks(self.backbone)
 
     def _old_logprobs(self, collected: Collected, advantages: dict) -> OldLogprobs:
         """Old (and reference) log-probs of this rank's kept rows, once per step; the entropy sums."""

@@ -1,6 +1,6 @@
 """A GRPO fit on fixed global batches, in one process or several (run by tests/test_distributed_grpo.py).
 
-    python -m tests.distributed_grpo_run OUT WORLD STRATEGY [--engine hf] [--repeats K]
+    python -m tests.distributed_grpo_run OUT WORLD STRATEGY(ddp|fsdp2) [--engine hf] [--repeats K]
         [--ckpt-dir DIR] [--resume CKPT --skip STEPS]          (from the repository root)
 
 ``--engine hf`` samples answers instead (benchmarks/bench_grpo_ranks.py).
@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.utils.data import DataLoader
 
 import rewards
@@ -32,6 +33,7 @@ from datamodules.records import load_records
 from lightning_modules.backbone import VisionLanguageBackbone
 from lightning_modules.grpo import GRPOModule
 from lightning_modules.rollout import HFGenerateEngine, Rollouts, repeat_prompts
+from lightning_modules.sharding import ShardingSettings
 
 N = 4  # rollouts per prompt
 # Per step, the global batch as (problem_id, answer) pairs; "zero" groups score 0 and are filtered.
@@ -154,13 +156,17 @@ def main() -> None:
         backbone, rollout=engine, rollouts_per_prompt=N, advantage="ema_grpo", filter_groups=True,
         max_resample=0, prompts_per_update=1, micro_batch_size=8, seed=0,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.0),
+        sharding=ShardingSettings(param_dtype="float32", reduce_dtype="float32"),
     )  # fmt: skip
     stats = TaskRewardStatsCallback()
     callbacks: list[L.Callback] = [stats, StepRecorder(out, stats)]
     if args.ckpt_dir is not None:
         callbacks.append(StepCheckpoint(args.ckpt_dir))
+    strategy: Any = args.strategy
+    if strategy == "fsdp2":  # FSDP2 over every rank (no tensor parallelism)
+        strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=world)
     trainer = L.Trainer(
-        accelerator="cpu", devices=world, strategy=args.strategy if world > 1 else "auto", max_steps=1000,
+        accelerator="cpu", devices=world, strategy=strategy if world > 1 else "auto", max_steps=1000,
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, use_distributed_sampler=False, callbacks=callbacks,
     )  # fmt: skip
