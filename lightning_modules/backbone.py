@@ -323,6 +323,13 @@ def sharded_across_ranks(module: nn.Module) -> bool:
     return isinstance(module, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def placeholder_row(backbone: VisionLanguageBackbone, device: torch.device) -> tuple[dict[str, Any], torch.Tensor]:
+    """A one-row text batch of two pad tokens and a mask scoring the second: what a rank with no rows
+    runs so that it joins the forwards, backwards and collectives of the others (at zero weight)."""
+    ids = torch.full((1, 2), backbone.tokenizer.pad_token_id, device=device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "meta": []}, torch.tensor([[False, True]], device=device)
+
+
 def response_mask(response: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     """1 on each response token up to and including its first end-of-sequence token."""
     is_eos = torch.isin(response, torch.tensor(eos_ids, device=response.device))

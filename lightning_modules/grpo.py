@@ -14,13 +14,12 @@ from lightning.pytorch.cli import OptimizerCallable
 
 import rewards
 from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages, task_key
-from lightning_modules.backbone import VisionLanguageBackbone, sharded_across_ranks
+from lightning_modules.backbone import VisionLanguageBackbone, placeholder_row, sharded_across_ranks
 from lightning_modules.losses import aggregate, global_counts, kl_penalty, policy_loss
 from lightning_modules.rl_step import (
     GroupRecord,
     MicroBatch,
     gather_groups,
-    idle_ranks,
     kept_groups,
     micro_batch_count,
     passes_filter,
@@ -249,7 +248,10 @@ class GRPOModule(L.LightningModule):
                 if not enabled or len(kept_groups(collected.groups, metric, band, enabled, wanted)) >= wanted:
                     break
                 prompts = self._next_resample_batch()
-            local = self._roll_out(prompts, len(collected.parts), collected) if prompts and prompts.get("meta") else []
+            if prompts and prompts.get("meta"):
+                local = self._roll_out(prompts, len(collected.parts), collected)
+            else:  # every row of this rank's batch was skipped
+                local = self._join_generation()
             gather_started = time.perf_counter()
             gathered = gather_groups(local)
             collected.agreement_seconds += time.perf_counter() - gather_started
@@ -258,6 +260,20 @@ class GRPOModule(L.LightningModule):
         collected.kept = kept_groups(collected.groups, metric, band, enabled, wanted)
         collected.generation_seconds = time.perf_counter() - started
         return collected
+
+    def _join_generation(self, through_engine: bool = True) -> list[GroupRecord]:
+        """With no prompts, still decode a placeholder row on a sharded policy, through the rollout
+        engine (or ``generate`` itself in validation): the other ranks' decoding steps gather parameters
+        collectively and need this rank's part (``synced_gpus``). Its answers are dropped."""
+        if self._lockstep_forwards():
+            batch, _ = placeholder_row(self.backbone, self.device)
+            if through_engine:
+                meta = {"problem_id": "placeholder", "problem_type": "", "data_type": "image", "media": []}
+                with torch.no_grad():
+                    self.rollout(self.backbone, {**batch, "meta": [meta]}, 1)
+            else:
+                self.backbone.generate(batch, 1, max_new_tokens=self.hparams.val_max_new_tokens, do_sample=False)
+        return []
 
     def _next_resample_batch(self) -> dict[str, Any] | None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -311,9 +327,18 @@ class GRPOModule(L.LightningModule):
         mine = rank_micro_batches(groups, self.global_rank, n, size)
         count = micro_batch_count(groups, self.trainer.world_size, n, size)
         out: list[tuple[MicroBatch | None, dict[str, Any]]] = [(mb, self._micro_batch(collected, *mb, advantages)) for mb in mine]
-        filler = (0, list(range(min(size, len(collected.parts[0].responses)))))
-        out += [(None, self._micro_batch(collected, *filler, advantages, weight=0.0)) for _ in range(count - len(mine))]
+        out += [(None, self._padding_micro_batch(collected, advantages)) for _ in range(count - len(mine))]
         return out
+
+    def _padding_micro_batch(self, collected: Collected, advantages: dict) -> dict[str, Any]:
+        """Rows of this rank's first generate call at zero weight, or a placeholder text row when it
+        rolled out nothing (every prompt of its batch was skipped)."""
+        if collected.parts:
+            rows = list(range(min(self.hparams.micro_batch_size, len(collected.parts[0].responses))))
+            return self._micro_batch(collected, 0, rows, advantages, weight=0.0)
+        batch, scored = placeholder_row(self.backbone, self.device)
+        zeros = torch.zeros_like(batch["input_ids"])
+        return {**batch, "response_mask": zeros, "token_mask": scored, "advantages": torch.zeros(1, device=self.device)}
 
     def _lockstep_forwards(self) -> bool:
         """Forward passes are collective (FSDP2 gathers parameters): pad no-grad passes too."""
@@ -399,11 +424,8 @@ class GRPOModule(L.LightningModule):
         # Sampling is seeded per step and rank, so a resumed run draws the same rollouts.
         torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 7919 + self.global_rank)
         collected = self._collect(batch)
-        idle = idle_ranks(collected.groups, self.trainer.world_size)
-        if not collected.kept or idle:
-            # A global decision: every rank sees the same groups, so all skip together.
-            reason = "empty_steps" if not collected.kept else "idle_rank_steps"
-            self.log(f"train/filter/{reason}", 1.0, on_step=True, batch_size=1)
+        if not collected.kept:  # a global decision: every rank sees the same groups, so all skip together
+            self.log("train/filter/empty_steps", 1.0, on_step=True, batch_size=1)
             self._log_filter(collected.groups)
             return
         result, advantages = self._advantages(collected.kept)
@@ -495,6 +517,9 @@ class GRPOModule(L.LightningModule):
         """Greedy rewards (``val/reward/...``), and with ``val_samples > 0`` the mean reward of that many
         samples per prompt at the rollout temperature (``val/sampled_reward/...``), which RL optimises."""
         if not batch.get("meta"):
+            self._join_generation(through_engine=False)  # once per generate call of the others
+            if self.hparams.val_samples > 0:
+                self._join_generation(through_engine=False)
             return
         keys = [task_key(m["problem_type"], m["data_type"], self.hparams.task_key_by) for m in batch["meta"]]
         out = self.backbone.generate(batch, num_return_sequences=1, max_new_tokens=self.hparams.val_max_new_tokens, do_sample=False)

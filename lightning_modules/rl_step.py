@@ -105,9 +105,3 @@ def rank_micro_batches(groups: Sequence[GroupRecord], rank: int, n: int, size: i
 def micro_batch_count(groups: Sequence[GroupRecord], world_size: int, n: int, size: int) -> int:
     """The most micro-batches any rank runs over ``groups``: what every rank runs, padding included."""
     return max(len(rank_micro_batches(groups, r, n, size)) for r in range(world_size))
-
-
-def idle_ranks(groups: Sequence[GroupRecord], world_size: int) -> list[int]:
-    """Ranks that rolled out nothing in the step: they hold no row to pad with."""
-    busy = {g.rank for g in groups}
-    return [r for r in range(world_size) if r not in busy]

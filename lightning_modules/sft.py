@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
-from lightning_modules.backbone import VisionLanguageBackbone
+from lightning_modules.backbone import VisionLanguageBackbone, placeholder_row
 from lightning_modules.schedules import WarmupSchedule
 from lightning_modules.sharding import ShardingSettings, configure_sharding, total_grad_norm
 
@@ -93,9 +93,8 @@ class SFTModule(L.LightningModule):
         """A zero loss with the graph of a real step: one scored token through `token_logprobs` (the
         same FSDP hooks and collectives as a real batch), plus the trainable vision parameters (a
         text row does not reach them), so every parameter gets a (zero) gradient to reduce."""
-        ids = torch.full((1, 2), self.backbone.tokenizer.pad_token_id, device=self.device)
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        logp = self.backbone.token_logprobs(batch, torch.tensor([[False, True]], device=self.device))
+        batch, scored = placeholder_row(self.backbone, self.device)
+        logp = self.backbone.token_logprobs(batch, scored)
         visual = self.backbone._visual(self.backbone.model).parameters()
         unreached = [p.sum() for p in visual if p.requires_grad and not hasattr(p, "full_tensor")]
         return 0.0 * (logp.sum() + sum(unreached))

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# A venv cut short (killed while being created) has no activate script: make it again.
+[ -f .venv/bin/activate ] || "$PY" -m venv --clear .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
 stamp=.venv/.onethinker-installed

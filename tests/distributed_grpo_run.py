@@ -1,7 +1,7 @@
 """A GRPO fit on fixed global batches, in one process or several (run by tests/test_distributed_grpo.py).
 
     python -m tests.distributed_grpo_run OUT WORLD STRATEGY(ddp|fsdp2) [--engine hf] [--repeats K]
-        [--ckpt-dir DIR] [--resume CKPT --skip STEPS]          (from the repository root)
+        [--ckpt-dir DIR] [--resume CKPT --skip STEPS] [--drop STEP]   (from the repository root)
 
 ``--engine hf`` samples answers instead (benchmarks/bench_grpo_ranks.py).
 
@@ -79,17 +79,27 @@ class ScriptedEngine:
 class FixedBatches(L.LightningDataModule):
     """This rank's share of each step's global batch, collated (prompt lengths are equal)."""
 
-    def __init__(self, manifest: Path, processor: Any, repeats: int = 1, skip: int = 0) -> None:
+    def __init__(self, manifest: Path, processor: Any, repeats: int = 1, skip: int = 0, drop: int = -1) -> None:
         super().__init__()
-        self.manifest, self.processor, self.repeats, self.skip, self.batches = manifest, processor, repeats, skip, []
+        self.manifest, self.processor, self.repeats, self.skip, self.drop = manifest, processor, repeats, skip, drop
+        self.batches: list[dict[str, Any]] = []
 
     def setup(self, stage: str) -> None:  # after the process group exists
         records = {str(r.problem_id): r for r in load_records(self.manifest, "rl")}
         collate, media = Collator(self.processor, "rl"), stage_media("rl")
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        for step in (STEPS * self.repeats)[self.skip :]:
+        for k, step in enumerate(STEPS * self.repeats):
+            if k < self.skip:
+                continue
+            if k == self.drop:  # the first half of the global batch had only bad media
+                step = step[len(step) // 2 :]
+                if world > 1 and rank == 0:
+                    self.batches.append({"meta": [], "skipped": {"bad_media": 2}})  # as the data module yields
+                    continue
+                rank, world = rank - (world > 1), world - (world > 1)  # the others share the rest (2 ranks here)
             share = step[rank * len(step) // world : (rank + 1) * len(step) // world]
             self.batches.append(collate([build_example(records[str(pid)], "rl", media) for pid, _ in share]))
+            rank, world = self.trainer.global_rank, self.trainer.world_size
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.batches, batch_size=None, shuffle=False)
@@ -134,6 +144,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ckpt-dir", type=Path, help="save a checkpoint after every RL step")
     ap.add_argument("--resume", help="checkpoint to resume from")
     ap.add_argument("--skip", type=int, default=0, help="RL steps the resumed checkpoint has done")
+    ap.add_argument("--drop", type=int, default=-1, help="in this RL step, rank 0's rows all have bad media")
     return ap.parse_args()
 
 
@@ -170,7 +181,7 @@ def main() -> None:
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, use_distributed_sampler=False, callbacks=callbacks,
     )  # fmt: skip
-    dm = FixedBatches(manifest, backbone.processor, args.repeats, args.skip)
+    dm = FixedBatches(manifest, backbone.processor, args.repeats, args.skip, args.drop)
     trainer.fit(module, datamodule=dm, ckpt_path=args.resume)
     if trainer.is_global_zero:
         print(f"MEMBERS {trainer.world_size} done")

@@ -77,6 +77,19 @@ def test_resume_continues_exactly(strategy: str, tmp_path: Path):
 @pytest.mark.slow
 def test_fsdp2_sampled_rollouts_keep_ranks_in_step(tmp_path: Path):
     """HF generate on a sharded policy: ranks whose answers end at different lengths keep decoding
-    together (synced_gpus) and the fit finishes."""
-    steps = run(tmp_path / "hf", 2, "fsdp2", "--engine", "hf")
-    assert len(steps) == 2 and all(s["ema"]["updates"] for s in steps[1:])
+    together (synced_gpus), and in RL step 2 rank 0, with no prompts, decodes a placeholder with them."""
+    steps = run(tmp_path / "hf", 2, "fsdp2", "--engine", "hf", "--drop", "1")
+    assert len(steps) == 2 and {k[0] for k in steps[1]["kept"]} <= {1} and steps[1]["update_losses"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_rank_whose_batch_was_all_skipped_joins_with_a_placeholder(strategy: str, tmp_path: Path):
+    """RL step 2: every row of rank 0's batch had bad media. Rank 0 rolls out nothing, joins generation
+    and the updates with zero-weight placeholders, and the step equals one process on rank 1's rows."""
+    one = run(tmp_path / "one", 1, "ddp", "--drop", "1")
+    two = run(tmp_path / "two", 2, strategy, "--drop", "1")
+    assert [k[0] for k in two[1]["kept"]] == [1, 1] and len(one[1]["kept"]) == 2
+    for step, (a, b) in enumerate(zip(one, two)):
+        assert b["advantages"] == pytest.approx(a["advantages"], abs=1e-12), step
+        assert b["update_losses"] == pytest.approx(a["update_losses"], abs=1e-5), step
