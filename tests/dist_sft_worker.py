@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--rows-per-step", type=int, default=4)
     parser.add_argument("--replicate", type=int, default=0, help="mesh (replicate, shard); 0: one process, no strategy")
     parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--shard-vision-blocks", action="store_true")
     parser.add_argument("--param-dtype", default="float32", help="the sharding's compute dtype")
     parser.add_argument("--activation-checkpointing", action="store_true", help="the sharding option (composable)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="the backbone's (Hugging Face)")
@@ -99,7 +100,11 @@ def main() -> None:
         backbone,
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0),
         schedule=WarmupSchedule("constant", 0.0),
-        sharding=ShardingSettings(param_dtype=args.param_dtype, activation_checkpointing=args.activation_checkpointing),
+        sharding=ShardingSettings(
+            param_dtype=args.param_dtype,
+            activation_checkpointing=args.activation_checkpointing,
+            shard_vision_blocks=args.shard_vision_blocks,
+        ),
     )
     skip = tuple(args.skip) if args.skip else None
     batches = global_batches(args.manifest, backbone, args.steps, args.rows_per_step, rank, world, skip)

@@ -197,6 +197,18 @@ def test_rank_whose_rows_were_all_skipped_does_not_hang(manifest: Path, tmp_path
 
 
 @pytest.mark.slow
+def test_vision_block_units_fail_when_ranks_call_the_tower_differently(manifest: Path, tmp_path: Path):
+    """Why ``shard_vision_blocks`` is off by default: at step 2 rank 1 holds an image and a video (two
+    vision-tower calls), rank 0 two images (one call). With one unit per vision block their
+    all-gathers no longer match; gloo reports the mismatch (NCCL would hang). The default setting
+    runs the same data (test_fsdp_two_processes_equal_one_process)."""
+    args = ["--manifest", str(manifest), "--out", str(tmp_path), "--replicate", "1", "--shard", "2", "--shard-vision-blocks"]
+    result = launch(2, args, timeout=300)
+    assert result.returncode != 0
+    assert "collective mismatch" in result.stderr or "Connection reset" in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_mesh_that_does_not_match_the_world_size_fails_at_setup(manifest: Path, tmp_path: Path):
     result = launch(2, ["--manifest", str(manifest), "--out", str(tmp_path), "--replicate", "3", "--shard", "1"], timeout=180)
     assert result.returncode != 0
