@@ -84,7 +84,10 @@ def main() -> None:
     parser.add_argument("--activation-checkpointing", action="store_true", help="the sharding option (composable)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="the backbone's (Hugging Face)")
     parser.add_argument("--skip", type=int, nargs=3, default=None, help="step rank world: a rank's rows all skipped")
-    parser.add_argument("--checkpoint-dir", default=None, help="save a checkpoint after the last step")
+    parser.add_argument("--checkpoint-dir", default=None, help="save checkpoints here")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: the last step)")
+    parser.add_argument("--resume", default=None, help="a checkpoint to resume from (its steps are not replayed)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation seed of the tiny model")
     args = parser.parse_args()
     torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -93,7 +96,7 @@ def main() -> None:
 
     L.seed_everything(0, verbose=False)
     backbone = VisionLanguageBackbone(
-        "tiny", family=args.family, seed=0, tiny_vocab="synthetic", attn_implementation="sdpa",
+        "tiny", family=args.family, seed=args.seed, tiny_vocab="synthetic", attn_implementation="sdpa",
         lora=LoraSettings(r=4, alpha=8) if args.lora else None, gradient_checkpointing=args.gradient_checkpointing,
     )
     module = SFTModule(
@@ -108,7 +111,9 @@ def main() -> None:
     )
     skip = tuple(args.skip) if args.skip else None
     batches = global_batches(args.manifest, backbone, args.steps, args.rows_per_step, rank, world, skip)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
+    done = torch.load(Path(args.resume) / "meta.pt", weights_only=False)["global_step"] if args.resume else 0
+    # The list of batches is not a resumable loader: Lightning restarts it, so it starts where the run stopped.
+    loader = torch.utils.data.DataLoader(batches[done:], batch_size=None, collate_fn=lambda b: b)
     strategy = (
         ModelParallelStrategy(data_parallel_size=args.replicate, tensor_parallel_size=args.shard)
         if args.replicate
@@ -117,7 +122,9 @@ def main() -> None:
     recorder = GlobalLoss()
     callbacks: list[Callback] = [recorder]
     if args.checkpoint_dir:
-        callbacks.append(ModelCheckpoint(dirpath=args.checkpoint_dir, filename="last", every_n_train_steps=args.steps))
+        every = args.checkpoint_every or args.steps
+        name = "{step}" if args.checkpoint_every else "last"
+        callbacks.append(ModelCheckpoint(args.checkpoint_dir, name, every_n_train_steps=every, save_top_k=-1))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=world,
@@ -132,7 +139,7 @@ def main() -> None:
         num_sanity_val_steps=0,
         callbacks=callbacks,
     )
-    trainer.fit(module, loader)
+    trainer.fit(module, loader, ckpt_path=args.resume)
 
     # Log-probabilities of the first global batch, through the trained module (sharded or not).
     probe = global_batches(args.manifest, backbone, 1, args.rows_per_step, 0, 1)[0]

@@ -185,6 +185,22 @@ def test_sharded_checkpoint_exports_to_the_trained_model(hsdp_run, manifest: Pat
 
 
 @pytest.mark.slow
+def test_sharded_resume_continues_exactly(manifest: Path, tmp_path: Path):
+    """Two FSDP ranks, 4 steps, a sharded checkpoint (a DCP folder) at step 2. A run from another
+    initialisation, resumed from it, gives the uninterrupted run's losses at steps 3 and 4 and its
+    final log-probabilities (measured: bit for bit)."""
+    mesh = ["--replicate", "1", "--shard", "2", "--steps", "4"]
+    full = run_worker(tmp_path / "full", manifest, 2, [*mesh, "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-every", "2"])
+    ckpt = tmp_path / "ckpt" / "step=2.ckpt"
+    assert ckpt.is_dir() and len(list(ckpt.glob("*.distcp"))) == 2
+    resumed = run_worker(tmp_path / "resumed", manifest, 2, [*mesh, "--seed", "1", "--resume", str(ckpt)])
+    assert len(full["losses"]) == 4 and len(resumed["losses"]) == 2
+    torch.testing.assert_close(torch.tensor(resumed["losses"]), torch.tensor(full["losses"][2:]), **TOLERANCE)
+    torch.testing.assert_close(resumed["logprobs"], full["logprobs"], **TOLERANCE)
+    assert abs(full["losses"][3] - full["losses"][1]) > 0.05  # the steps differ
+
+
+@pytest.mark.slow
 def test_rank_whose_rows_were_all_skipped_does_not_hang(manifest: Path, tmp_path: Path):
     """Step 2: rank 1's every row was skipped. It runs a zero-token placeholder row (no hang), and the
     step equals one process on the rows that remain. Rank 1 also recomputes with the backbone's
