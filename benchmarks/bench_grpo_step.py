@@ -19,7 +19,7 @@ chat. Each side runs in a fresh subprocess (this script with ``--side``), so pea
 Timing runs from the end of the warm-up step(s) to the end of the last step.
 
 ``--device cuda --model 2b`` runs both sides on a GPU on a randomly initialised Qwen3-VL-2B-shaped model
-in bf16 (ours under Lightning's ``bf16-true``, as ``trainer_gpu.yaml``; TRL with ``bf16=False`` on the
+in bf16 (ours under Lightning's ``bf16-true``, as the former ``trainer_gpu.yaml``; TRL with ``bf16=False`` on the
 same bf16 weights, so neither autocasts), and reports peak GPU memory as well.
 
     python benchmarks/bench_grpo_step.py                      # P=4, G=4, L=16, 2 updates, 1 + 2 steps
