@@ -315,12 +315,18 @@ class VisionLanguageBackbone(nn.Module):
         self.processor.save_pretrained(str(out))
 
 
-def sharded_across_ranks(module: nn.Module) -> bool:
-    """``module`` is sharded with FSDP2 (``fully_shard``) in a process group of more than one rank."""
-    import torch.distributed as dist
+def is_sharded(module: nn.Module) -> bool:
+    """``module`` is an FSDP2 (``fully_shard``) unit."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(module, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
+    return isinstance(module, FSDPModule)
+
+
+def sharded_across_ranks(module: nn.Module) -> bool:
+    """``module`` is sharded with FSDP2 in a process group of more than one rank."""
+    import torch.distributed as dist
+
+    return is_sharded(module) and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def placeholder_row(backbone: VisionLanguageBackbone, device: torch.device) -> tuple[dict[str, Any], torch.Tensor]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from lightning_modules.backbone import DTYPES
+from lightning_modules.backbone import DTYPES, is_sharded
 
 if TYPE_CHECKING:
     import lightning as L
@@ -124,12 +124,6 @@ def shard_backbone(
     for name in FORWARD_METHODS:
         register_fsdp_forward_method(backbone, name)
     return backbone
-
-
-def is_sharded(module: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
 
 
 def total_grad_norm(module: nn.Module) -> torch.Tensor | None:
