@@ -30,11 +30,17 @@ def run(suite: Path, out: Path, batch_size: int, max_new_tokens: int, workers: i
 
     backbone = VisionLanguageBackbone("tiny", tiny_vocab="synthetic", tiny_hidden=128, tiny_layers=4)
     dm = OneThinkerDataModule(
-        mode="eval", test_manifests=[str(suite / "eval.json")], eval_batch_size=batch_size, num_workers=workers
+        mode="eval",
+        test_manifests=[str(suite / "eval.json")],
+        eval_batch_size=batch_size,
+        num_workers=workers,
     )
     dm.connect(backbone.processor)
     module = EvaluationModule(
-        backbone, output_dir=str(out), max_new_tokens=max_new_tokens, mask_predictor=Sam2MaskPredictor("tiny", "cpu")
+        backbone,
+        output_dir=str(out),
+        max_new_tokens=max_new_tokens,
+        mask_predictor=Sam2MaskPredictor("tiny", "cpu"),
     )
     trainer = L.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False

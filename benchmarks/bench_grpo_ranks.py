@@ -46,7 +46,9 @@ def main() -> None:
     print("| processes | step s | vs 1 process | agreement s | agreement share |")
     print("|---:|---:|---:|---:|---:|")
     for world, step_s, agree_s in rows:
-        print(f"| {world} | {step_s:.2f} | {rows[0][1] / step_s:.2f}x | {agree_s:.3f} | {agree_s / step_s:.1%} |")
+        print(
+            f"| {world} | {step_s:.2f} | {rows[0][1] / step_s:.2f}x | {agree_s:.3f} | {agree_s / step_s:.1%} |"
+        )
 
 
 if __name__ == "__main__":

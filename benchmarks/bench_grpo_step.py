@@ -105,7 +105,12 @@ def qwen3_vl_2b_config() -> Any:
         "num_key_value_heads": 8,
         "head_dim": 128,
         "max_position_embeddings": 262_144,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
         "tie_word_embeddings": True,
     }
     vision = {
@@ -210,7 +215,9 @@ class Forward:
 # --------------------------------------------------------------------------- sides (each in its own process)
 
 
-def summarise(side: str, ends: list[float], tokens: list[int], warmup: int, rss_before: float, settings: dict) -> dict:
+def summarise(
+    side: str, ends: list[float], tokens: list[int], warmup: int, rss_before: float, settings: dict
+) -> dict:
     seconds = ends[-1] - ends[warmup - 1]
     counted = sum(tokens[warmup:])
     timed = len(ends) - warmup
@@ -290,7 +297,9 @@ def run_ours(args: argparse.Namespace) -> dict:
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             self.rss.append(rss_mib())
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             sync(args)
             self.ends.append(time.perf_counter())
             self.tokens.append(sum(p.rollouts.generated_tokens for p in pl_module.last_rollouts["parts"]))
@@ -347,8 +356,15 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
     )
     tokens: list[int] = []
 
-    def overall(completions: list, answer: list, problem_type: list, data_type: list, problem_id: list,
-                completion_ids: list, **_: Any) -> list[float]:
+    def overall(
+        completions: list,
+        answer: list,
+        problem_type: list,
+        data_type: list,
+        problem_id: list,
+        completion_ids: list,
+        **_: Any,
+    ) -> list[float]:
         tokens.append(sum(len(ids) for ids in completion_ids))
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return [score_overall(*row) for row in zip(texts, answer, problem_type, data_type, problem_id)]
@@ -453,8 +469,19 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
 
 def spawn(side: str, args: argparse.Namespace, suite: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--suite", str(suite)]
-    for flag in ("prompts", "group", "max_new_tokens", "updates", "micro_batch", "steps", "warmup", "seed", "threads",
-                 "device", "model"):
+    for flag in (
+        "prompts",
+        "group",
+        "max_new_tokens",
+        "updates",
+        "micro_batch",
+        "steps",
+        "warmup",
+        "seed",
+        "threads",
+        "device",
+        "model",
+    ):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
     started = time.perf_counter()
@@ -489,10 +516,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads per side (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=1, help="fresh processes per side, alternating order")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--model", choices=("tiny", "2b"), default="tiny",
-                    help="tiny preset (fp32) or a random Qwen3-VL-2B-shaped model (bf16)")
-    ap.add_argument("--suite-dir", type=Path, default=None,
-                    help="an existing synthetic suite (generated with the same seed) instead of generating one")
+    ap.add_argument(
+        "--model",
+        choices=("tiny", "2b"),
+        default="tiny",
+        help="tiny preset (fp32) or a random Qwen3-VL-2B-shaped model (bf16)",
+    )
+    ap.add_argument(
+        "--suite-dir",
+        type=Path,
+        default=None,
+        help="an existing synthetic suite (generated with the same seed) instead of generating one",
+    )
     ap.add_argument("--side", choices=("ours", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--suite", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -514,7 +549,9 @@ def main() -> None:
         else:
             from datamodules.synthetic import generate_suite
 
-            generate_suite(suite, max(1, math.ceil(args.prompts * args.steps / len(SYNTHETIC_TASKS))), args.seed)
+            generate_suite(
+                suite, max(1, math.ceil(args.prompts * args.steps / len(SYNTHETIC_TASKS))), args.seed
+            )
         results: dict[str, list[dict]] = {"ours": [], "trl": []}
         for i in range(args.repeats):
             for side in ("ours", "trl") if i % 2 == 0 else ("trl", "ours"):
@@ -529,8 +566,12 @@ def main() -> None:
                     flush=True,
                 )
                 ph = r["settings"].get("phase_seconds_per_step", {})
-                print("    phases per step (s): " + "; ".join(f"{k} " + ", ".join(f"{v:.2f}" for v in vs) for k, vs in ph.items())
-                      + f"; peak RSS after phase (MiB): {r['settings'].get('phase_peak_rss_mib')}", flush=True)
+                print(
+                    "    phases per step (s): "
+                    + "; ".join(f"{k} " + ", ".join(f"{v:.2f}" for v in vs) for k, vs in ph.items())
+                    + f"; peak RSS after phase (MiB): {r['settings'].get('phase_peak_rss_mib')}",
+                    flush=True,
+                )
     for side in ("ours", "trl"):
         print(f"{side} settings: {json.dumps(results[side][0]['settings'])}")
 
@@ -538,19 +579,25 @@ def main() -> None:
         values = sorted(r[key] for r in results[side])
         return values[len(values) // 2]
 
-    print(f"\nP={args.prompts} prompts x G={args.group}, L={args.max_new_tokens}, {args.updates} updates/step, "
-          f"micro-batch {args.micro_batch}, {args.steps - args.warmup} timed steps after {args.warmup} warm-up, "
-          f"threads {results['ours'][0]['threads']}, median of {args.repeats}")
+    print(
+        f"\nP={args.prompts} prompts x G={args.group}, L={args.max_new_tokens}, {args.updates} updates/step, "
+        f"micro-batch {args.micro_batch}, {args.steps - args.warmup} timed steps after {args.warmup} warm-up, "
+        f"threads {results['ours'][0]['threads']}, median of {args.repeats}"
+    )
     print(f"device {args.device}, model {args.model}")
     print("| side | s/step | generated tokens/s | peak RSS (MiB) | peak GPU allocated (GiB) |")
     print("|---|---:|---:|---:|---:|")
     for side in ("ours", "trl"):
-        print(f"| {side} | {median(side, 's_per_step'):.2f} | {median(side, 'tokens_per_s'):.1f} | "
-              f"{median(side, 'peak_rss_mib'):.0f} | {median(side, 'peak_gpu_gib'):.1f} |")
+        print(
+            f"| {side} | {median(side, 's_per_step'):.2f} | {median(side, 'tokens_per_s'):.1f} | "
+            f"{median(side, 'peak_rss_mib'):.0f} | {median(side, 'peak_gpu_gib'):.1f} |"
+        )
     speed = median("trl", "s_per_step") / median("ours", "s_per_step")
     memory = median("ours", "peak_rss_mib") / median("trl", "peak_rss_mib")
-    print(f"ours / TRL: {speed:.2f}x faster per step (target > 1: {'met' if speed > 1 else 'NOT met'}); "
-          f"peak RSS {memory:.2f}x")
+    print(
+        f"ours / TRL: {speed:.2f}x faster per step (target > 1: {'met' if speed > 1 else 'NOT met'}); "
+        f"peak RSS {memory:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -21,15 +21,24 @@ import rewards  # noqa: E402
 
 # problem_type, data_type, share of the corpus (SPEC §4 mix; rule-based QA split five ways)
 MIX = [
-    ("multiple choice", "image", 180), ("numerical", "image", 100), ("regression", "video", 100),
-    ("OCR", "image", 80), ("math", "image", 103), ("open-ended", "video", 133),
-    ("temporal grounding", "video", 143), ("spatial grounding", "image", 51),
-    ("spatial-temporal grounding", "video", 31), ("tracking", "video", 51),
-    ("segmentation", "image", 26), ("segmentation", "video", 26),
+    ("multiple choice", "image", 180),
+    ("numerical", "image", 100),
+    ("regression", "video", 100),
+    ("OCR", "image", 80),
+    ("math", "image", 103),
+    ("open-ended", "video", 133),
+    ("temporal grounding", "video", 143),
+    ("spatial grounding", "image", 51),
+    ("spatial-temporal grounding", "video", 31),
+    ("tracking", "video", 51),
+    ("segmentation", "image", 26),
+    ("segmentation", "video", 26),
 ]
 RULE_BASED = {"math", "open-ended"}  # excluded from the rule-based total
-_TEXT = ("a man woman dog cat rides walks runs horse beach street red blue small large the on in near "
-         "while holding ball car tree house sunset water playing quickly slowly")
+_TEXT = (
+    "a man woman dog cat rides walks runs horse beach street red blue small large the on in near "
+    "while holding ball car tree house sunset water playing quickly slowly"
+)
 WORDS = _TEXT.split(" ")
 
 
@@ -70,7 +79,14 @@ def _pair(rng: random.Random, pt: str, dt: str) -> tuple[str, str]:
     if pt == "math":
         a, b = rng.randint(1, 9), rng.randint(2, 9)
         return f"\\frac{{{a}}}{{{b}}}", rng.choice(
-            [f"{a / b:.6f}", f"\\frac{{{a}}}{{{b}}}", f"$\\frac{{{a * 2}}}{{{b * 2}}}$", f"{a + 1}/{b}", "x+1"])
+            [
+                f"{a / b:.6f}",
+                f"\\frac{{{a}}}{{{b}}}",
+                f"$\\frac{{{a * 2}}}{{{b * 2}}}$",
+                f"{a + 1}/{b}",
+                "x+1",
+            ]
+        )
     if pt == "open-ended":
         gt = _sentence(rng, 15)
         return gt, rng.choice([gt, _sentence(rng, 15), gt[: len(gt) // 2] + " " + _sentence(rng, 6)])
@@ -88,12 +104,17 @@ def _pair(rng: random.Random, pt: str, dt: str) -> tuple[str, str]:
         pb = {k: _near(rng, v) for k, v in gb.items() if rng.random() < 0.9}
         if pt == "tracking":
             return json.dumps({"boxes": gb}), json.dumps({"boxes": pb})
-        return (json.dumps({"time": [1, n], "boxes": gb}),
-                json.dumps({"time": [1 + rng.randint(0, 2), n], "boxes": pb}))
+        return (
+            json.dumps({"time": [1, n], "boxes": gb}),
+            json.dumps({"time": [1 + rng.randint(0, 2), n], "boxes": pb}),
+        )
     b, pos, neg = _box(rng), _pts(rng), _pts(rng)
     g = {"boxes": b, "positive_points": pos, "negative_points": neg}
-    p = {"boxes": _near(rng, b), "positive_points": [_near(rng, q) for q in pos[::-1]],
-         "negative_points": [_near(rng, q) for q in neg]}
+    p = {
+        "boxes": _near(rng, b),
+        "positive_points": [_near(rng, q) for q in pos[::-1]],
+        "negative_points": [_near(rng, q) for q in neg],
+    }
     if dt == "video":
         g["time"], p["time"] = rng.randint(0, 60), rng.randint(0, 60)
     return json.dumps(g), json.dumps(p)
@@ -109,8 +130,13 @@ def build_corpus(n: int = 1024, seed: int = 0) -> list[tuple[str, str, str, str]
             gt, pred = _pair(rng, pt, dt)
             think = _sentence(rng, rng.randint(40, 120))
             u = rng.random()
-            resp = (f"<think>{think}</think>\n<answer>{pred}</answer>" if u < 0.85 else
-                    f"<answer>{pred}</answer>" if u < 0.95 else pred[: len(pred) // 2] + think)
+            resp = (
+                f"<think>{think}</think>\n<answer>{pred}</answer>"
+                if u < 0.85
+                else f"<answer>{pred}</answer>"
+                if u < 0.95
+                else pred[: len(pred) // 2] + think
+            )
             rows.append((resp, f"<answer>{gt}</answer>", pt, dt))
     rng.shuffle(rows)
     return rows[:n]
@@ -164,12 +190,16 @@ def main() -> None:
     print(f"{'task':<30}{'n':>6}{'resp/s (1 core)':>18}")
     for k in sorted(per):
         print(f"{k:<30}{counts[k]:>6}{counts[k] / per[k]:>18,.0f}")
-    print(f"rule-based ({len(rule)} rows), one core: first pass {rule_cold:.3f} s, second {rule_warm:.3f} s "
-          f"(target < 0.2 s: {'met' if rule_cold < 0.2 else 'NOT met'})")
+    print(
+        f"rule-based ({len(rule)} rows), one core: first pass {rule_cold:.3f} s, second {rule_warm:.3f} s "
+        f"(target < 0.2 s: {'met' if rule_cold < 0.2 else 'NOT met'})"
+    )
     print(f"whole corpus, serial one core: {all_serial:.3f} s")
-    print(f"whole corpus, workers={args.workers}: warm pool {pool_warm:.3f} s, fresh corpus on warm pool "
-          f"{pool_fresh:.3f} s, incl. pool start {pool_cold:.3f} s "
-          f"(target < 2 s: {'met' if pool_fresh < 2 else 'NOT met'})")
+    print(
+        f"whole corpus, workers={args.workers}: warm pool {pool_warm:.3f} s, fresh corpus on warm pool "
+        f"{pool_fresh:.3f} s, incl. pool start {pool_cold:.3f} s "
+        f"(target < 2 s: {'met' if pool_fresh < 2 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

@@ -68,7 +68,6 @@ PEAK_BF16_TFLOPS = (
 )
 
 
-
 def lightning_clock(cuda: bool = False) -> Any:
     """A callback recording per-step end times, token counts and losses of a Lightning fit.
 
@@ -82,7 +81,9 @@ def lightning_clock(cuda: bool = False) -> Any:
             self.tokens: list[int] = []
             self.losses: list[float] = []
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             if cuda:
                 torch.cuda.synchronize()
             self.losses.append(float(outputs["loss"]))
@@ -90,6 +91,7 @@ def lightning_clock(cuda: bool = False) -> Any:
             self.ends.append(time.perf_counter())
 
     return LightningClock()
+
 
 def first(items: list) -> Any:
     """``collate_fn`` / ``data_collator`` for a loader over pre-collated batches (batch size 1)."""
@@ -133,14 +135,20 @@ def build_batches(n_batches: int, batch_size: int, seed: int, work: Path) -> tup
     records = load_records(generate_suite(work / "suite", per_task, seed)["sft"], "sft")
     if len(records) < rows:
         raise RuntimeError(f"suite gave {len(records)} SFT rows, need {rows}")
-    records = interleave([r for r in records if r.data_type == "image"], [r for r in records if r.data_type == "video"])[:rows]
+    records = interleave(
+        [r for r in records if r.data_type == "image"], [r for r in records if r.data_type == "video"]
+    )[:rows]
     media = stage_media("sft", "qwen3_vl")
     collate = Collator(build_processor("qwen3_vl"), "sft")
     batches = [
-        collate([build_example(r, "sft", media) for r in records[i : i + batch_size]]) for i in range(0, rows, batch_size)
+        collate([build_example(r, "sft", media) for r in records[i : i + batch_size]])
+        for i in range(0, rows, batch_size)
     ]
     n_image = sum(r.data_type == "image" for r in records)
-    return batches, f"{rows} SFT rows ({n_image} image, {rows - n_image} video), per_task={per_task}, seed={seed}"
+    return (
+        batches,
+        f"{rows} SFT rows ({n_image} image, {rows - n_image} video), per_task={per_task}, seed={seed}",
+    )
 
 
 def describe_batches(batches: list[dict[str, Any]]) -> str:
@@ -161,7 +169,9 @@ def step_order(batches: list[dict[str, Any]], steps: int) -> list[dict[str, Any]
     return [batches[i % len(batches)] for i in range(steps)]
 
 
-def summarise(name: str, ends: list[float], tokens: list[int], losses: list[float], warmup: int, rss_before: float) -> dict:
+def summarise(
+    name: str, ends: list[float], tokens: list[int], losses: list[float], warmup: int, rss_before: float
+) -> dict:
     seconds = ends[-1] - ends[warmup - 1]
     counted = sum(tokens[warmup:])
     return {
@@ -205,7 +215,6 @@ def run_ours(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int) 
     return summarise("ours", clock.ends, clock.tokens, clock.losses, warmup, rss_before)
 
 
-
 def listed(items: list[dict[str, Any]]) -> Any:
     """A map-style Dataset over pre-collated batches (what the peer's Trainer iterates)."""
     from torch.utils.data import Dataset
@@ -234,13 +243,13 @@ def loss_recording_trainer() -> Any:
 
     return LossTrainer
 
+
 def run_peer(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, work: Path) -> dict:
     from transformers import TrainerCallback, TrainingArguments
 
     from lightning_modules.backbone import VisionLanguageBackbone
 
     order = [{k: b[k] for k in PEER_KEYS if b.get(k) is not None} for b in step_order(batches, steps)]
-
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
@@ -273,7 +282,9 @@ def run_peer(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, 
         seed=seed,
     )
     clock = Clock()
-    trainer = LossTrainer(model=model, args=args, train_dataset=listed(order), data_collator=first, callbacks=[clock])
+    trainer = LossTrainer(
+        model=model, args=args, train_dataset=listed(order), data_collator=first, callbacks=[clock]
+    )
     rss_before = rss_mib()
     trainer.train()
     tokens = [int(b["attention_mask"].sum()) for b in order]
@@ -301,13 +312,18 @@ def spawn(side: str, data: Path, args: argparse.Namespace) -> dict:
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.gpu_8b:
-        cmd += ["--gpu-8b", "--profile-step", str(args.profile_step)] + (["--gpu-smoke"] if args.gpu_smoke else [])
+        cmd += ["--gpu-8b", "--profile-step", str(args.profile_step)] + (
+            ["--gpu-smoke"] if args.gpu_smoke else []
+        )
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            return {**json.loads(line[len(RESULT_PREFIX) :]), "process_seconds": time.perf_counter() - started}
+            return {
+                **json.loads(line[len(RESULT_PREFIX) :]),
+                "process_seconds": time.perf_counter() - started,
+            }
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
     raise RuntimeError(f"--side {side} failed (exit {proc.returncode})")
 
@@ -333,7 +349,12 @@ def qwen3_vl_8b_config() -> Any:
         "num_key_value_heads": 8,
         "head_dim": 128,
         "max_position_embeddings": 262_144,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
         "tie_word_embeddings": False,
     }
     vision = {
@@ -358,7 +379,11 @@ def flops_params(model: torch.nn.Module) -> tuple[int, int]:
     """
     total = sum(p.numel() for p in model.parameters())
     lm = model.model.language_model
-    n = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel() + model.lm_head.weight.numel()
+    n = (
+        sum(p.numel() for p in lm.parameters())
+        - lm.embed_tokens.weight.numel()
+        + model.lm_head.weight.numel()
+    )
     return total, n
 
 
@@ -400,7 +425,9 @@ def load_or_build_batches(args: argparse.Namespace, work: Path) -> tuple[list[di
     """The pre-collated batches: from ``--batches-file`` if it exists, else collated now (and saved there)."""
     if args.batches_file is not None and args.batches_file.is_file():
         saved = torch.load(args.batches_file, weights_only=False)
-        return [unpack_pixels(b) for b in saved["batches"]], saved["what"] + f" (loaded from {args.batches_file.name})"
+        return [unpack_pixels(b) for b in saved["batches"]], saved[
+            "what"
+        ] + f" (loaded from {args.batches_file.name})"
     batches, what = build_batches(args.batches, args.batch_size, args.seed, work)
     if args.batches_file is not None:
         args.batches_file.parent.mkdir(parents=True, exist_ok=True)
@@ -424,10 +451,14 @@ def run_gpu_8b(args: argparse.Namespace) -> None:
             for side in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
                 r = spawn(side, data, args)
                 runs[side].append(r)
-                print(f"[{side}] {r['tokens_per_s']:.0f} tokens/s, {r['s_per_step']:.3f} s/step, peak "
-                      f"{r['peak_gpu_gib']:.1f} GiB allocated ({r['peak_reserved_gib']:.1f} reserved), first loss "
-                      f"{r['first_loss']:.5f}; process {r['process_seconds']:.0f} s (model built in {r['build_s']:.0f} s, "
-                      f"fit {r['fit_s']:.0f} s); step seconds " + ", ".join(f"{x:.2f}" for x in r["step_seconds"]), flush=True)
+                print(
+                    f"[{side}] {r['tokens_per_s']:.0f} tokens/s, {r['s_per_step']:.3f} s/step, peak "
+                    f"{r['peak_gpu_gib']:.1f} GiB allocated ({r['peak_reserved_gib']:.1f} reserved), first loss "
+                    f"{r['first_loss']:.5f}; process {r['process_seconds']:.0f} s (model built in {r['build_s']:.0f} s, "
+                    f"fit {r['fit_s']:.0f} s); step seconds "
+                    + ", ".join(f"{x:.2f}" for x in r["step_seconds"]),
+                    flush=True,
+                )
                 print_profile(side, r.get("profile"))
     ours, peer = (median_run(runs[side]) for side in ("ours", "peer"))
     peak, source = peak_tflops(ours["device"], args.peak_tflops)
@@ -436,11 +467,15 @@ def run_gpu_8b(args: argparse.Namespace) -> None:
         f"fused AdamW (bf16 states), lr 1e-5, wd 0, cosine; {ours['params'] / 1e9:.2f}B params, "
         f"{ours['trainable'] / 1e9:.2f}B trainable (vision tower + projector frozen)"
     )
-    print(f"GPU: {ours['device']}, torch {ours['torch']}, transformers {ours['transformers']}, "
-          f"{args.steps} steps per side ({args.warmup} warm-up"
-          + (f", step {args.profile_step} profiled and left out" if args.profile_step >= 0 else "")
-          + f"), median of {args.repeats}")
-    print(f"  {'side':<5} {'tokens/s':>10} {'s/step':>8} {'TFLOP/s':>9} {'MFU':>7} {'peak alloc':>11} {'peak reserved':>14} {'loss step 1':>12}")
+    print(
+        f"GPU: {ours['device']}, torch {ours['torch']}, transformers {ours['transformers']}, "
+        f"{args.steps} steps per side ({args.warmup} warm-up"
+        + (f", step {args.profile_step} profiled and left out" if args.profile_step >= 0 else "")
+        + f"), median of {args.repeats}"
+    )
+    print(
+        f"  {'side':<5} {'tokens/s':>10} {'s/step':>8} {'TFLOP/s':>9} {'MFU':>7} {'peak alloc':>11} {'peak reserved':>14} {'loss step 1':>12}"
+    )
     for r in (ours, peer):
         achieved = 6 * r["n_flops"] * r["tokens_per_s"] / 1e12
         mfu = f"{achieved / peak:.1%}" if peak else "n/a"
@@ -449,10 +484,14 @@ def run_gpu_8b(args: argparse.Namespace) -> None:
             f"{r['peak_gpu_gib']:>8.1f}GiB {r['peak_reserved_gib']:>11.1f}GiB {r['first_loss']:>12.5f}"
         )
     ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
-    print(f"  ours/peer: tokens/s {ratio:.2f}x; peak allocated {ours['peak_gpu_gib'] / max(peer['peak_gpu_gib'], 1e-9):.2f}x; "
-          f"first-step loss |ours - peer| = {abs(ours['first_loss'] - peer['first_loss']):.2e}")
-    print(f"  MFU = 6 * N * tokens/s / peak, N = {ours['n_flops'] / 1e9:.2f}B (language model without input embeddings, "
-          f"+ lm_head); peak = {peak} TFLOP/s ({source})")
+    print(
+        f"  ours/peer: tokens/s {ratio:.2f}x; peak allocated {ours['peak_gpu_gib'] / max(peer['peak_gpu_gib'], 1e-9):.2f}x; "
+        f"first-step loss |ours - peer| = {abs(ours['first_loss'] - peer['first_loss']):.2e}"
+    )
+    print(
+        f"  MFU = 6 * N * tokens/s / peak, N = {ours['n_flops'] / 1e9:.2f}B (language model without input embeddings, "
+        f"+ lm_head); peak = {peak} TFLOP/s ({source})"
+    )
 
 
 def gpu_config(args: argparse.Namespace) -> tuple[Any, str, str]:
@@ -476,7 +515,9 @@ def build_gpu_model(config: Any, seed: int, device: str) -> tuple[Any, dict]:
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     with torch.device(device):
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
+        model = AutoModelForImageTextToText.from_config(
+            config, dtype=torch.bfloat16, attn_implementation=attn
+        )
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.model.visual.requires_grad_(False)
@@ -528,7 +569,10 @@ class StepProfiler:
 
         def top(key: str, n: int) -> list[list]:
             rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:n]
-            return [[e.key[:70], e.count, e.self_device_time_total / 1e3, e.self_cpu_time_total / 1e3] for e in rows]
+            return [
+                [e.key[:70], e.count, e.self_device_time_total / 1e3, e.self_cpu_time_total / 1e3]
+                for e in rows
+            ]
 
         from torch.autograd import DeviceType
 
@@ -547,16 +591,29 @@ class StepProfiler:
 def print_profile(side: str, report: dict[str, Any] | None) -> None:
     if not report:
         return
-    print(f"  [{side}] profile of step {report['step']}: wall {report['wall_ms']:.0f} ms, GPU kernel time "
-          f"{report['kernel_ms']:.0f} ms (device-side rows summed)")
-    for title, rows in (("by self device time", report["top_device"]), ("by self CPU time", report["top_cpu"])):
+    print(
+        f"  [{side}] profile of step {report['step']}: wall {report['wall_ms']:.0f} ms, GPU kernel time "
+        f"{report['kernel_ms']:.0f} ms (device-side rows summed)"
+    )
+    for title, rows in (
+        ("by self device time", report["top_device"]),
+        ("by self CPU time", report["top_cpu"]),
+    ):
         print(f"    {title}: {'op':<70} {'calls':>6} {'dev ms':>8} {'cpu ms':>8}")
         for name, count, dev, cpu in rows:
             print(f"      {name:<70} {count:>6} {dev:>8.1f} {cpu:>8.1f}")
 
 
-def gpu_result(side: str, info: dict, ends: list[float], tokens: list[int], losses: list[float], warmup: int, cuda: bool,
-               skip: int = -1) -> dict:
+def gpu_result(
+    side: str,
+    info: dict,
+    ends: list[float],
+    tokens: list[int],
+    losses: list[float],
+    warmup: int,
+    cuda: bool,
+    skip: int = -1,
+) -> dict:
     """Throughput over the steps after ``warmup``, leaving out step ``skip`` (the profiled one) if any."""
     timed = [i for i in range(warmup, len(ends)) if i != skip]
     seconds = sum(ends[i] - ends[i - 1] for i in timed)
@@ -575,8 +632,15 @@ def gpu_result(side: str, info: dict, ends: list[float], tokens: list[int], loss
     }
 
 
-def train_config(config: Any, batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, device: str,
-                 profile_step: int = -1) -> dict:
+def train_config(
+    config: Any,
+    batches: list[dict[str, Any]],
+    steps: int,
+    warmup: int,
+    seed: int,
+    device: str,
+    profile_step: int = -1,
+) -> dict:
     """Fit `SFTModule` around a randomly initialised bf16 model of ``config`` on ``device`` (``cuda`` or ``cpu``)."""
     import functools
 
@@ -588,7 +652,9 @@ def train_config(config: Any, batches: list[dict[str, Any]], steps: int, warmup:
 
     cuda = device == "cuda"
     model, info = build_gpu_model(config, seed, device)
-    backbone = VisionLanguageBackbone("tiny", seed=seed)  # for its processor-side settings; its tiny model is swapped out
+    backbone = VisionLanguageBackbone(
+        "tiny", seed=seed
+    )  # for its processor-side settings; its tiny model is swapped out
     backbone.model = model
     backbone.set_trainable(vision_tower=False, projector=False)
 
@@ -598,7 +664,9 @@ def train_config(config: Any, batches: list[dict[str, Any]], steps: int, warmup:
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             profiler.begin(batch_idx)
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             profiler.end(batch_idx)
 
     clock = lightning_clock(cuda)
@@ -621,12 +689,23 @@ def train_config(config: Any, batches: list[dict[str, Any]], steps: int, warmup:
     t0 = time.perf_counter()
     trainer.fit(SFTModule(backbone, optimizer=optimizer), loader)
     fit_s = time.perf_counter() - t0
-    return {**gpu_result("ours", info, clock.ends, clock.tokens, clock.losses, warmup, cuda, profile_step), "fit_s": fit_s,
-            "profile": profiler.report}
+    return {
+        **gpu_result("ours", info, clock.ends, clock.tokens, clock.losses, warmup, cuda, profile_step),
+        "fit_s": fit_s,
+        "profile": profiler.report,
+    }
 
 
-def train_config_peer(config: Any, batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, device: str,
-                      work: Path, profile_step: int = -1) -> dict:
+def train_config_peer(
+    config: Any,
+    batches: list[dict[str, Any]],
+    steps: int,
+    warmup: int,
+    seed: int,
+    device: str,
+    work: Path,
+    profile_step: int = -1,
+) -> dict:
     """``transformers.Trainer`` on the same model (same seed, frozen parts, checkpointing) and batches:
     the model's own forward with ``labels``, fused AdamW with bf16 states, lr 1e-5, wd 0, cosine."""
     from transformers import TrainerCallback, TrainingArguments
@@ -634,7 +713,6 @@ def train_config_peer(config: Any, batches: list[dict[str, Any]], steps: int, wa
     cuda = device == "cuda"
     model, info = build_gpu_model(config, seed, device)
     order = [{k: b[k] for k in PEER_KEYS if b.get(k) is not None} for b in step_order(batches, steps)]
-
 
     profiler = StepProfiler(profile_step, cuda)
 
@@ -677,13 +755,18 @@ def train_config_peer(config: Any, batches: list[dict[str, Any]], steps: int, wa
     clock = Clock()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    trainer = LossTrainer(model=model, args=args, train_dataset=listed(order), data_collator=first, callbacks=[clock])
+    trainer = LossTrainer(
+        model=model, args=args, train_dataset=listed(order), data_collator=first, callbacks=[clock]
+    )
     t0 = time.perf_counter()
     trainer.train()
     fit_s = time.perf_counter() - t0
     tokens = [int(b["attention_mask"].sum()) for b in order]
-    return {**gpu_result("peer", info, clock.ends, tokens, trainer.losses, warmup, cuda, profile_step), "fit_s": fit_s,
-            "profile": profiler.report}
+    return {
+        **gpu_result("peer", info, clock.ends, tokens, trainer.losses, warmup, cuda, profile_step),
+        "fit_s": fit_s,
+        "profile": profiler.report,
+    }
 
 
 def run_gpu_side(args: argparse.Namespace) -> dict:
@@ -693,7 +776,9 @@ def run_gpu_side(args: argparse.Namespace) -> dict:
         result = train_config(config, batches, args.steps, args.warmup, args.seed, device, args.profile_step)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = train_config_peer(config, batches, args.steps, args.warmup, args.seed, device, Path(tmp), args.profile_step)
+            result = train_config_peer(
+                config, batches, args.steps, args.warmup, args.seed, device, Path(tmp), args.profile_step
+            )
     return {**result, "model": name}
 
 
@@ -706,17 +791,37 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4, help="rows per batch")
     ap.add_argument("--batches", type=int, default=8, help="distinct pre-collated batches, cycled")
     ap.add_argument("--warmup", type=int, default=1, help="leading steps left out of the timing")
-    ap.add_argument("--repeats", type=int, default=1, help="fresh processes per side, order alternating; median reported")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="fresh processes per side, order alternating; median reported"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--gpu-8b", action="store_true",
-                    help="8B-shaped Qwen3-VL on CUDA, ours vs transformers.Trainer: tokens/s, peak GPU memory, MFU")
-    ap.add_argument("--batches-file", type=Path, default=None,
-                    help="pre-collated batches: loaded if the file exists, else collated and saved there")
-    ap.add_argument("--profile-step", type=int, default=-1,
-                    help="--gpu-8b: profile this 0-based step on each side with torch.profiler, left out of the timing (-1: off)")
-    ap.add_argument("--gpu-smoke", action="store_true", help=argparse.SUPPRESS)  # --gpu-8b's code path, tiny model, CPU
-    ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s for MFU (default: by GPU name)")
+    ap.add_argument(
+        "--gpu-8b",
+        action="store_true",
+        help="8B-shaped Qwen3-VL on CUDA, ours vs transformers.Trainer: tokens/s, peak GPU memory, MFU",
+    )
+    ap.add_argument(
+        "--batches-file",
+        type=Path,
+        default=None,
+        help="pre-collated batches: loaded if the file exists, else collated and saved there",
+    )
+    ap.add_argument(
+        "--profile-step",
+        type=int,
+        default=-1,
+        help="--gpu-8b: profile this 0-based step on each side with torch.profiler, left out of the timing (-1: off)",
+    )
+    ap.add_argument(
+        "--gpu-smoke", action="store_true", help=argparse.SUPPRESS
+    )  # --gpu-8b's code path, tiny model, CPU
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak dense bf16 TFLOP/s for MFU (default: by GPU name)",
+    )
     ap.add_argument("--side", choices=("ours", "peer"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -736,8 +841,10 @@ def main() -> None:
         torch.save(batches, data)
         print(f"data: {what}, collated once in {time.perf_counter() - t:.1f}s")
         print(f"  {describe_batches(batches)}")
-        print(f"  {args.steps} steps per side ({args.warmup} warm-up), each side in a fresh process, torch threads: "
-              f"{args.threads or torch.get_num_threads()}, cpus: {os.cpu_count()}")
+        print(
+            f"  {args.steps} steps per side ({args.warmup} warm-up), each side in a fresh process, torch threads: "
+            f"{args.threads or torch.get_num_threads()}, cpus: {os.cpu_count()}"
+        )
         runs: dict[str, list[dict]] = {"ours": [], "peer": []}
         for r in range(args.repeats):  # alternate the order, so drifting load on a shared box hits both alike
             for side in ("ours", "peer") if r % 2 == 0 else ("peer", "ours"):
@@ -747,14 +854,18 @@ def main() -> None:
     if args.repeats > 1:
         for side in ("ours", "peer"):
             print(f"{side} tokens/s per run: " + ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs[side]))
-    print(f"\n{'side':<6} {'tokens/s':>9} {'s/step':>7} {'peak RSS':>10} {'RSS before fit':>15} {'fit growth':>11} {'loss step 1':>12}")
+    print(
+        f"\n{'side':<6} {'tokens/s':>9} {'s/step':>7} {'peak RSS':>10} {'RSS before fit':>15} {'fit growth':>11} {'loss step 1':>12}"
+    )
     for r in (ours, peer):
         print(
             f"{r['side']:<6} {r['tokens_per_s']:>9.0f} {r['s_per_step']:>7.3f} {r['peak_rss_mib']:>7.0f}MiB "
             f"{r['rss_before_mib']:>12.0f}MiB {r['peak_rss_mib'] - r['rss_before_mib']:>8.0f}MiB {r['first_loss']:>12.5f}"
         )
     ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
-    growth = (ours["peak_rss_mib"] - ours["rss_before_mib"]) / max(peer["peak_rss_mib"] - peer["rss_before_mib"], 1e-9)
+    growth = (ours["peak_rss_mib"] - ours["rss_before_mib"]) / max(
+        peer["peak_rss_mib"] - peer["rss_before_mib"], 1e-9
+    )
     print(
         f"\nours/peer: tokens/s {ratio:.2f}x (target >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'}); "
         f"peak RSS {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x; growth during fit {growth:.2f}x"

@@ -25,7 +25,9 @@ def batches(suite: Path, mode: str, size: int, count: int, processor) -> list[di
     from datamodules.datamodule import OneThinkerDataModule
 
     manifests = {"train_manifests": [str(suite / f"{mode}.json")]}
-    dm = OneThinkerDataModule(mode=mode, batch_size=size, num_workers=0, seed=0, family="qwen3_vl", **manifests)
+    dm = OneThinkerDataModule(
+        mode=mode, batch_size=size, num_workers=0, seed=0, family="qwen3_vl", **manifests
+    )
     dm.connect(processor)
     dm.setup("fit")
     out = []
@@ -45,7 +47,9 @@ def timed(fn) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--sft-batches", type=int, default=16, help="SFT steps timed (one epoch of the demo suite)")
+    ap.add_argument(
+        "--sft-batches", type=int, default=16, help="SFT steps timed (one epoch of the demo suite)"
+    )
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=2, help="each measurement's best of this many")
     args = ap.parse_args()
@@ -57,7 +61,12 @@ def main() -> None:
     from lightning_modules.sft import SFTModule
 
     backbone = VisionLanguageBackbone(
-        "tiny", tiny_vocab="synthetic", tiny_hidden=128, tiny_layers=4, freeze_vision_tower=True, freeze_projector=True
+        "tiny",
+        tiny_vocab="synthetic",
+        tiny_hidden=128,
+        tiny_layers=4,
+        freeze_vision_tower=True,
+        freeze_projector=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
         suite = Path(tmp) / "suite"
@@ -94,11 +103,15 @@ def main() -> None:
         )
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"kernels {torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
-    print(f"| threads | SFT s ({args.sft_batches} steps) | vs first | generation s (16 x (1 + 4) x {args.max_new_tokens}) | vs first |")
+    print(
+        f"| threads | SFT s ({args.sft_batches} steps) | vs first | generation s (16 x (1 + 4) x {args.max_new_tokens}) | vs first |"
+    )
     print("|---:|---:|---:|---:|---:|")
     base_sft, base_gen = rows[0][1], rows[0][2]
     for threads, sft_s, gen_s in rows:
-        print(f"| {threads} | {sft_s:.1f} | {base_sft / sft_s:.2f}x | {gen_s:.1f} | {base_gen / gen_s:.2f}x |")
+        print(
+            f"| {threads} | {sft_s:.1f} | {base_sft / sft_s:.2f}x | {gen_s:.1f} | {base_gen / gen_s:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

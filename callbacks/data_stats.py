@@ -20,12 +20,29 @@ class SkippedRowsLogger(L.Callback):
             return
         self.counts[split].update(skipped)
         for key, n in self.counts[split].items():
-            pl_module.log(f"{split}/skipped/{key}", float(n), on_step=split == "train", on_epoch=split != "train", reduce_fx="max", batch_size=1)
+            pl_module.log(
+                f"{split}/skipped/{key}",
+                float(n),
+                on_step=split == "train",
+                on_epoch=split != "train",
+                reduce_fx="max",
+                batch_size=1,
+            )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._log(pl_module, "train", batch)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._log(pl_module, "val", batch)
 
     def state_dict(self) -> dict[str, Any]:

@@ -48,8 +48,14 @@ def media_thumbnail(meta: dict[str, Any], size: int = 224, frames: int = 4) -> I
 
             side = max(size // 2, 32)
             # fps≈0 makes the sampler take min_frames frames spread uniformly over the whole clip
-            clip = load_video(paths[0], PixelBudget(32 * 32, side * side), factor=16, fps=1e-6,
-                              max_frames=frames, min_frames=frames)
+            clip = load_video(
+                paths[0],
+                PixelBudget(32 * 32, side * side),
+                factor=16,
+                fps=1e-6,
+                max_frames=frames,
+                min_frames=frames,
+            )
             strip = np.concatenate(list(clip.frames[:frames].permute(0, 2, 3, 1).numpy()), axis=1)
             img = Image.fromarray(strip)
             img.thumbnail((size * frames, size))
@@ -96,7 +102,9 @@ class RolloutTableCallback(L.Callback):
         thumbnail_size: longest side of an image thumbnail / height bound of a frame strip.
     """
 
-    def __init__(self, every_n_steps: int = 50, max_rows: int = 16, key: str = "rollouts", thumbnail_size: int = 224) -> None:
+    def __init__(
+        self, every_n_steps: int = 50, max_rows: int = 16, key: str = "rollouts", thumbnail_size: int = 224
+    ) -> None:
         if every_n_steps < 1 or max_rows < 1:
             raise ValueError("RolloutTableCallback: every_n_steps and max_rows must be >= 1")
         self.every_n_steps = every_n_steps
@@ -124,7 +132,9 @@ class RolloutTableCallback(L.Callback):
                     picked.append(q.pop(0))
         return picked
 
-    def build_rows(self, pl_module: L.LightningModule, rollouts: dict[str, Any], step: int) -> list[dict[str, Any]]:
+    def build_rows(
+        self, pl_module: L.LightningModule, rollouts: dict[str, Any], step: int
+    ) -> list[dict[str, Any]]:
         """The table rows (plain values; ``media`` is a PIL image or ``None``)."""
         hparams = getattr(pl_module, "hparams", None) or {}
         by = hparams.get("task_key_by", "task")
@@ -155,7 +165,9 @@ class RolloutTableCallback(L.Callback):
         return rows
 
     # -- hooks ---------------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not trainer.is_global_zero:
             return
         rollouts = getattr(pl_module, "last_rollouts", None)

@@ -20,7 +20,9 @@ class RunSummary(L.Callback):
         self.last: float | None = None
         self.first_step = self.last_step = 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         value = trainer.callback_metrics.get(self.metric)
         if value is None:
             return
@@ -34,4 +36,6 @@ class RunSummary(L.Callback):
         for logger in trainer.loggers:
             print(f"[run summary] {type(logger).__name__} logs: {logger.log_dir or logger.save_dir}")
         if self.first is not None:
-            print(f"[run summary] {self.metric}: {self.first:.4f} at step {self.first_step} -> {self.last:.4f} at step {self.last_step}")
+            print(
+                f"[run summary] {self.metric}: {self.first:.4f} at step {self.first_step} -> {self.last:.4f} at step {self.last_step}"
+            )

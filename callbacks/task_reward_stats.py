@@ -29,7 +29,9 @@ class TaskRewardStatsCallback(L.Callback):
         if attach is not None:
             attach(self.ema)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         for key, stats in self.ema.summary().items():
             pl_module.log(f"train/ema/mean/{key}", stats["mean"], on_step=True, batch_size=1)
             pl_module.log(f"train/ema/std/{key}", stats["std"], on_step=True, batch_size=1)

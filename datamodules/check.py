@@ -18,7 +18,9 @@ _PROBE = PixelBudget(1024, 32 * 32 * 4)
 class CheckReport:
     path: str
     kind: str
-    counts: dict[str, Counter] = field(default_factory=lambda: {k: Counter() for k in ("problem_type", "data_type", "data_source")})
+    counts: dict[str, Counter] = field(
+        default_factory=lambda: {k: Counter() for k in ("problem_type", "data_type", "data_source")}
+    )
     invalid: list[str] = field(default_factory=list)
     bad_media: list[str] = field(default_factory=list)
     records: int = 0
@@ -28,7 +30,9 @@ class CheckReport:
         return not self.invalid and not self.bad_media
 
     def render(self) -> str:
-        lines = [f"{self.path} ({self.kind}): {self.records} valid records, {len(self.invalid)} invalid, {len(self.bad_media)} bad media"]
+        lines = [
+            f"{self.path} ({self.kind}): {self.records} valid records, {len(self.invalid)} invalid, {len(self.bad_media)} bad media"
+        ]
         for name, counter in self.counts.items():
             lines.append(f"  by {name}:")
             lines += [f"    {value or '<empty>'}: {n}" for value, n in sorted(counter.items())]
@@ -71,7 +75,10 @@ def _probe_media(record: Record, decode: bool) -> list[str]:
 
 
 def check_manifest(
-    path: str | Path, kind: RecordKind | None = None, media_root: str | Path | None = None, decode: bool = True
+    path: str | Path,
+    kind: RecordKind | None = None,
+    media_root: str | Path | None = None,
+    decode: bool = True,
 ) -> CheckReport:
     """Count records by type and source, and list every invalid record and bad media file."""
     kind = kind or detect_kind(path)

@@ -77,7 +77,9 @@ def user_parts(record: Record) -> list[dict[str, str]]:
     return parts
 
 
-def build_example(record: Record, mode: Mode, media: MediaConfig, position: tuple[int, int] | None = None) -> Example:
+def build_example(
+    record: Record, mode: Mode, media: MediaConfig, position: tuple[int, int] | None = None
+) -> Example:
     """Decode a record's media and build its chat turns (raises `MediaError` on bad media)."""
     label = f"{record.source} #{record.index} problem_id={record.problem_id}"
     images, sizes, videos = [], [], []
@@ -87,7 +89,17 @@ def build_example(record: Record, mode: Mode, media: MediaConfig, position: tupl
             images.append(item.image)
             sizes.append(item.original_size)
         else:
-            videos.append(load_video(path, media.video_frame, media.factor, media.fps, media.max_frames, media.min_frames, record=label))
+            videos.append(
+                load_video(
+                    path,
+                    media.video_frame,
+                    media.factor,
+                    media.fps,
+                    media.max_frames,
+                    media.min_frames,
+                    record=label,
+                )
+            )
     messages: list[dict[str, Any]] = [{"role": "user", "content": user_parts(record)}]
     if mode == "sft":
         assert isinstance(record, SFTRecord)
@@ -130,7 +142,9 @@ class Collator:
 
     def _process(self, examples: list[Example]) -> dict[str, Any]:
         texts = [
-            self.processor.apply_chat_template(ex.messages, tokenize=False, add_generation_prompt=self.mode != "sft")
+            self.processor.apply_chat_template(
+                ex.messages, tokenize=False, add_generation_prompt=self.mode != "sft"
+            )
             for ex in examples
         ]
         if self.timestamped_video:
@@ -177,14 +191,21 @@ class Collator:
             lengths = batch["attention_mask"].sum(dim=1)
             keep = [ex for ex, n in zip(examples, lengths.tolist()) if n <= self.max_length]
             if len(keep) < len(examples):
-                skipped.update(f"too_long/{ex.task}" for ex, n in zip(examples, lengths.tolist()) if n > self.max_length)
+                skipped.update(
+                    f"too_long/{ex.task}" for ex, n in zip(examples, lengths.tolist()) if n > self.max_length
+                )
                 examples = keep
                 batch = self._process(examples) if examples else {}
         for key in VISION_KEYS:
             batch.setdefault(key, None)
         if self.mode == "sft" and examples:
-            mask = assistant_token_mask(batch["input_ids"], self.header_ids, self.end_id) & batch["attention_mask"].bool()
-            batch["labels"] = torch.where(mask, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX))
+            mask = (
+                assistant_token_mask(batch["input_ids"], self.header_ids, self.end_id)
+                & batch["attention_mask"].bool()
+            )
+            batch["labels"] = torch.where(
+                mask, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX)
+            )
         batch["meta"] = [ex.meta() for ex in examples]
         batch["skipped"] = dict(skipped)
         batch["positions"] = positions

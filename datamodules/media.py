@@ -58,12 +58,16 @@ PATCH_FACTOR: dict[str, int] = {"qwen3_vl": 32, "qwen2_5_vl": 28}
 def stage_media(stage: str, family: str = "qwen3_vl") -> MediaConfig:
     """The SPEC §4 media settings of a stage, rounded to a backbone family's patch factor."""
     base = STAGE_MEDIA[stage]
-    return MediaConfig(base.image, base.video_frame, base.fps, base.max_frames, base.min_frames, PATCH_FACTOR[family])
+    return MediaConfig(
+        base.image, base.video_frame, base.fps, base.max_frames, base.min_frames, PATCH_FACTOR[family]
+    )
 
 
 def fit_size(height: int, width: int, budget: PixelBudget, factor: int) -> tuple[int, int]:
     """(height, width) rounded to ``factor`` with the area inside the budget (Qwen's smart_resize)."""
-    return smart_resize(height, width, factor=factor, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels)
+    return smart_resize(
+        height, width, factor=factor, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels
+    )
 
 
 @dataclass
@@ -106,7 +110,9 @@ def load_image(path: str | Path, budget: PixelBudget, factor: int = 32, record: 
     return ImageItem(resized, (w, h))
 
 
-def sample_indices(total_frames: int, native_fps: float, fps: float, max_frames: int, min_frames: int = 4) -> list[int]:
+def sample_indices(
+    total_frames: int, native_fps: float, fps: float, max_frames: int, min_frames: int = 4
+) -> list[int]:
     """Frames at ``fps`` over the clip, at most ``max_frames``, spread uniformly (qwen-vl-utils' rule).
 
     The count is rounded down to an even number (the temporal patch is 2 frames), as qwen-vl-utils does.
@@ -141,7 +147,11 @@ def load_video(
         new_h, new_w = fit_size(height, width, budget, factor)
         indices = sample_indices(total, native_fps if native_fps > 0 else 1.0, fps, max_frames, min_frames)
         # Decoding straight to the target size lets ffmpeg scale in C: much faster than resizing after.
-        reader = probe if (new_h, new_w) == (height, width) else decord.VideoReader(str(path), width=new_w, height=new_h, num_threads=1)
+        reader = (
+            probe
+            if (new_h, new_w) == (height, width)
+            else decord.VideoReader(str(path), width=new_w, height=new_h, num_threads=1)
+        )
         frames = reader.get_batch(indices).asnumpy()
     except MediaError:
         raise

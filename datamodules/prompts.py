@@ -26,14 +26,19 @@ def templates() -> dict[str, Any]:
     return json.loads(text)
 
 
-def format_user_turn(problem: str, problem_type: str, data_type: str, options: tuple[str, ...] | list[str] = ()) -> str:
+def format_user_turn(
+    problem: str, problem_type: str, data_type: str, options: tuple[str, ...] | list[str] = ()
+) -> str:
     """question_template(problem [+ options]) + the type template, exactly as the released code."""
     question = problem
     if problem_type == "multiple choice" and options:
         question += "\nOptions:\n" + "\n".join(options)
     t = templates()
     # str.replace, not str.format: problems may contain braces (JSON, LaTeX).
-    return t["question_template"].replace("{Question}", question) + t["type_templates"][template_key(problem_type, data_type)]
+    return (
+        t["question_template"].replace("{Question}", question)
+        + t["type_templates"][template_key(problem_type, data_type)]
+    )
 
 
 def build_prompt(record: PromptFields) -> str:
@@ -46,7 +51,9 @@ def build_prompt(record: PromptFields) -> str:
     return format_user_turn(record.problem, record.problem_type, record.data_type, record.options)
 
 
-def sft_user_content(problem: str, problem_type: str, data_type: str, options: tuple[str, ...] | list[str] = ()) -> str:
+def sft_user_content(
+    problem: str, problem_type: str, data_type: str, options: tuple[str, ...] | list[str] = ()
+) -> str:
     """User content of an SFT record: the media placeholder, then the built prompt (SPEC §2)."""
     return PLACEHOLDERS[data_type] + format_user_turn(problem, problem_type, data_type, options)
 

@@ -94,7 +94,12 @@ class MixedTaskSampler(Sampler[tuple[int, int, int]]):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.probabilities = torch.as_tensor(probabilities, dtype=torch.float64)
-        self.samples_per_epoch, self.seed, self.rank, self.world_size = samples_per_epoch, seed, rank, world_size
+        self.samples_per_epoch, self.seed, self.rank, self.world_size = (
+            samples_per_epoch,
+            seed,
+            rank,
+            world_size,
+        )
         self.epoch, self.start = 0, 0
 
     def __len__(self) -> int:
@@ -109,7 +114,9 @@ class MixedTaskSampler(Sampler[tuple[int, int, int]]):
     def indices(self, epoch: int) -> list[int]:
         """This rank's full index list for ``epoch``."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        drawn = torch.multinomial(self.probabilities, self.samples_per_epoch * self.world_size, True, generator=g)
+        drawn = torch.multinomial(
+            self.probabilities, self.samples_per_epoch * self.world_size, True, generator=g
+        )
         return drawn[self.rank :: self.world_size].tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:

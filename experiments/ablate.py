@@ -215,7 +215,12 @@ def run_ablation(
                 runs.append({**record, "returncode": 0, "seconds": 0.0})
                 continue
             done.unlink(missing_ok=True)
-            cmd = [sys.executable, "-m", "experiments.cli", *build_fit_args(configs, advantage, seed, run_dir, name, extra_args, wandb_args, callbacks)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "experiments.cli",
+                *build_fit_args(configs, advantage, seed, run_dir, name, extra_args, wandb_args, callbacks),
+            ]
             (run_dir / "command.json").write_text(json.dumps(cmd, indent=1))
             print(f"[ablate] {advantage} seed {seed}: running (log: {log})", flush=True)
             started = time.perf_counter()
@@ -226,7 +231,10 @@ def run_ablation(
                 done.write_text("ok\n")
                 print(f"[ablate] {advantage} seed {seed}: done in {seconds:.0f}s", flush=True)
             else:
-                print(f"[ablate] {advantage} seed {seed}: FAILED (exit {rc}); last lines of {log}:\n{_tail(log)}", flush=True)
+                print(
+                    f"[ablate] {advantage} seed {seed}: FAILED (exit {rc}); last lines of {log}:\n{_tail(log)}",
+                    flush=True,
+                )
             runs.append({**record, "returncode": rc, "seconds": seconds})
 
     ok = {(r["advantage"], r["seed"]): Path(r["dir"]) for r in runs if r["returncode"] == 0}
@@ -344,7 +352,9 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def seed_band(by_seed: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def seed_band(
+    by_seed: dict[int, tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(steps, mean, min, max) over seeds on the union of their steps. Seeds are linearly interpolated
     between their own logged steps (a task is logged only on steps where it survived filtering) and
     left out outside their range."""
@@ -358,7 +368,9 @@ def seed_band(by_seed: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
         return steps, np.nanmean(grid, axis=0), np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
 
 
-def plot_curves(curves: Curves, path: str | Path, advantages: Sequence[str] | None = None, title: str = "") -> Path:
+def plot_curves(
+    curves: Curves, path: str | Path, advantages: Sequence[str] | None = None, title: str = ""
+) -> Path:
     """One subplot per task; per advantage, the mean over seeds with a shaded min–max band."""
     import matplotlib
 
@@ -381,7 +393,9 @@ def plot_curves(curves: Curves, path: str | Path, advantages: Sequence[str] | No
             steps, mean, lo, hi = seed_band(by_seed)
             color = colors[i % len(colors)]
             label = f"{advantage} (n={len(by_seed)})"
-            ax.plot(steps, mean, color=color, label=label, marker="o" if len(steps) <= 30 else None, ms=3, lw=1.5)
+            ax.plot(
+                steps, mean, color=color, label=label, marker="o" if len(steps) <= 30 else None, ms=3, lw=1.5
+            )
             if len(by_seed) > 1:
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
         ax.set_title(task)
@@ -415,10 +429,19 @@ def summarize(
     advantages = list(advantages or sorted(curves))
     final = final_rewards(curves, last_k)
     table = out / "ablation_table.md"
-    table.write_text(markdown_table(final, advantages, last_k, name, len(seeds) if seeds is not None else None))
+    table.write_text(
+        markdown_table(final, advantages, last_k, name, len(seeds) if seeds is not None else None)
+    )
     plot = None
     if curves:
-        plot = str(plot_curves(curves, out / "ablation_rewards.png", advantages, title=f"{name}: {METRIC} per task, mean over seeds (band: min–max)"))
+        plot = str(
+            plot_curves(
+                curves,
+                out / "ablation_rewards.png",
+                advantages,
+                title=f"{name}: {METRIC} per task, mean over seeds (band: min–max)",
+            )
+        )
     else:
         warnings.warn("ablate: no run produced reward curves; no plot written", stacklevel=2)
     (out / "ablation_final.json").write_text(json.dumps(final, indent=1))

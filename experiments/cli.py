@@ -38,8 +38,13 @@ def _demo(args: argparse.Namespace) -> int:
     from experiments.demo import run_demo
 
     run_demo(
-        args.out, per_task=args.per_task, seed=args.seed, sft_steps=args.sft_steps, grpo_steps=args.grpo_steps,
-        sft_threads=args.sft_threads, rl_threads=args.rl_threads,
+        args.out,
+        per_task=args.per_task,
+        seed=args.seed,
+        sft_steps=args.sft_steps,
+        grpo_steps=args.grpo_steps,
+        sft_threads=args.sft_threads,
+        rl_threads=args.rl_threads,
     )
     return 0
 
@@ -58,7 +63,13 @@ def _ablate(args: argparse.Namespace) -> int:
     advantages = [a.strip() for a in args.advantages.split(",") if a.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if "," in args.seeds else int(args.seeds)
     result = run_ablation(
-        args.config, advantages, seeds, args.out, list(args.overrides), name=args.name, last_k=args.last_k,
+        args.config,
+        advantages,
+        seeds,
+        args.out,
+        list(args.overrides),
+        name=args.name,
+        last_k=args.last_k,
         skip_done=args.skip_done,
     )
     print(f"plot: {result['plot']}\ntable: {result['table']}")
@@ -85,8 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="validate manifests and their media without a model")
     check.add_argument("manifests", nargs="+", help="RL, SFT or evaluation manifests (JSON list or JSONL)")
     check.add_argument("--media-root", default=None, help="folder relative media paths resolve against")
-    check.add_argument("--kind", choices=["rl", "sft", "eval"], default=None, help="record kind (default: detected)")
-    check.add_argument("--no-decode", action="store_true", help="check that media exist, without decoding them")
+    check.add_argument(
+        "--kind", choices=["rl", "sft", "eval"], default=None, help="record kind (default: detected)"
+    )
+    check.add_argument(
+        "--no-decode", action="store_true", help="check that media exist, without decoding them"
+    )
     check.set_defaults(run=_data_check)
 
     demo = sub.add_parser("demo", help="the Quickstart demo on the synthetic suite")
@@ -95,10 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--sft-steps", type=int, default=None, help="override the demo SFT run's max_steps")
     demo.add_argument(
-        "--grpo-steps", type=int, default=None, help="override the demo EMA-GRPO run's max_steps (updates, 4 per RL step)"
+        "--grpo-steps",
+        type=int,
+        default=None,
+        help="override the demo EMA-GRPO run's max_steps (updates, 4 per RL step)",
     )
     demo.add_argument("--sft-threads", type=int, default=2, help="torch threads in SFT")
-    demo.add_argument("--rl-threads", type=int, default=1, help="torch threads in evaluation and EMA-GRPO (generation)")
+    demo.add_argument(
+        "--rl-threads", type=int, default=1, help="torch threads in evaluation and EMA-GRPO (generation)"
+    )
     demo.set_defaults(run=_demo)
 
     ablate = sub.add_parser(
@@ -110,8 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--advantages", default="grpo,dr_grpo,ema_grpo", help="comma-separated estimators")
     ablate.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma-separated list")
     ablate.add_argument("--out", required=True, help="output folder (one sub-folder per run, plot, table)")
-    ablate.add_argument("--name", default=None, help="ablation name / W&B group (default: the --out folder name)")
-    ablate.add_argument("--last-k", type=int, default=5, help="final reward = mean of the last K logged steps")
+    ablate.add_argument(
+        "--name", default=None, help="ablation name / W&B group (default: the --out folder name)"
+    )
+    ablate.add_argument(
+        "--last-k", type=int, default=5, help="final reward = mean of the last K logged steps"
+    )
     ablate.add_argument("--skip-done", action="store_true", help="keep runs that already finished")
     ablate.add_argument("overrides", nargs="*", help="`onethinker fit` overrides for every run (after `--`)")
     ablate.set_defaults(run=_ablate)

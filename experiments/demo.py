@@ -56,7 +56,13 @@ def show_batches(paths: dict[str, Path]) -> None:
         print(f"\n== {mode.upper()} batches ({len(records)} records from {paths[mode]}) ==")
         print(header)
         for task, rows in by_task.items():
-            print(_row(task, collate([build_example(r, mode, stage_media(mode)) for r in rows]), processor.tokenizer))
+            print(
+                _row(
+                    task,
+                    collate([build_example(r, mode, stage_media(mode)) for r in rows]),
+                    processor.tokenizer,
+                )
+            )
     first = load_records(paths["rl"], "rl")[0]
     print(f"\nExample prompt ({first.problem_type}/{first.data_type}, problem_id={first.problem_id}):")
     print(build_prompt(first))
@@ -78,7 +84,10 @@ def _overrides(out: Path, recipe: Path, name: str, data: dict[str, Any], trainer
         if entry["class_path"].endswith("ModelCheckpoint"):
             entry["init_args"]["dirpath"] = str(out / f"{name}_checkpoints")
     path = out / f"demo_{name}_overrides.yaml"
-    config = {"trainer": {"default_root_dir": str(out), "logger": logger, "callbacks": callbacks, **trainer}, "data": data}
+    config = {
+        "trainer": {"default_root_dir": str(out), "logger": logger, "callbacks": callbacks, **trainer},
+        "data": data,
+    }
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -106,11 +115,16 @@ def run_sft_demo(out: Path, paths: dict[str, Path], max_steps: int | None = None
     return hf
 
 
-def evaluate_rewards(out: Path, paths: dict[str, Path], model: Path, name: str, ckpt: Path | None = None) -> dict[str, float]:
+def evaluate_rewards(
+    out: Path, paths: dict[str, Path], model: Path, name: str, ckpt: Path | None = None
+) -> dict[str, float]:
     """Greedy rewards on the held-out evaluation manifest (``val/reward/...``)."""
     recipe = CONFIGS / "demo" / "ema_grpo.yaml"
     data = {"train_manifests": [str(paths["rl"])], "val_manifests": [str(paths["eval"])]}
-    extra = [f"--model.init_args.backbone.init_args.model_name_or_path={model}", "--trainer.limit_val_batches=1.0"]
+    extra = [
+        f"--model.init_args.backbone.init_args.model_name_or_path={model}",
+        "--trainer.limit_val_batches=1.0",
+    ]
     if ckpt is not None:
         extra.append(f"--ckpt_path={ckpt}")
     cli = _cli("validate", recipe, _overrides(out, recipe, name, data, {}), extra)
@@ -137,9 +151,18 @@ def reward_table(before: dict[str, float], after: dict[str, float], field: str =
         "| task | sampled before | sampled after | change | greedy before | greedy after | change |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for key, s_key, g_key in [(k, f"{sampled}/{k}", f"{greedy}/{k}") for k in keys] + [("**all**", sampled, greedy)]:
-        sb, sa, gb, ga = before.get(s_key, nan), after.get(s_key, nan), before.get(g_key, nan), after.get(g_key, nan)
-        lines.append(f"| {key} | {sb:.3f} | {sa:.3f} | {sa - sb:+.3f} | {gb:.3f} | {ga:.3f} | {ga - gb:+.3f} |")
+    for key, s_key, g_key in [(k, f"{sampled}/{k}", f"{greedy}/{k}") for k in keys] + [
+        ("**all**", sampled, greedy)
+    ]:
+        sb, sa, gb, ga = (
+            before.get(s_key, nan),
+            after.get(s_key, nan),
+            before.get(g_key, nan),
+            after.get(g_key, nan),
+        )
+        lines.append(
+            f"| {key} | {sb:.3f} | {sa:.3f} | {sa - sb:+.3f} | {gb:.3f} | {ga:.3f} | {ga - gb:+.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -160,7 +183,9 @@ class StageTimer:
 
     def report(self) -> str:
         rows = [*self.seconds.items(), ("total", sum(self.seconds.values()))]
-        return "\n".join(f"{name:<40} {seconds // 60:>3.0f} min {seconds % 60:>4.1f} s" for name, seconds in rows)
+        return "\n".join(
+            f"{name:<40} {seconds // 60:>3.0f} min {seconds % 60:>4.1f} s" for name, seconds in rows
+        )
 
 
 def run_demo(

@@ -22,7 +22,9 @@ SHARDED_WEIGHTS = "state_dict"  # the model's entry in ModelParallelStrategy's d
 def _backbone(checkpoint: str | Path, meta: dict[str, Any]) -> VisionLanguageBackbone:
     init = dict(meta.get("backbone_init") or {})
     if not init:
-        raise ValueError(f"{checkpoint}: no 'backbone_init' entry; was it written by an onethinker LightningModule?")
+        raise ValueError(
+            f"{checkpoint}: no 'backbone_init' entry; was it written by an onethinker LightningModule?"
+        )
     if init.get("lora") is not None:
         init["lora"] = LoraSettings(**init["lora"])
     return VisionLanguageBackbone(**init)
@@ -32,7 +34,9 @@ def _check_fit(checkpoint: str | Path, missing: list[str], unexpected: list[str]
     # Tied output embeddings may be stored once; anything else missing is an error.
     missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if missing or unexpected:
-        raise ValueError(f"{checkpoint}: weights do not fit the backbone (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{checkpoint}: weights do not fit the backbone (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
 
 
 def load_file_checkpoint(checkpoint: Path) -> VisionLanguageBackbone:

@@ -16,7 +16,11 @@ from lightning_modules.processing import build_processor, vision_token_ids
 
 log = logging.getLogger(__name__)
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 MODEL_INPUTS = (
     "input_ids",
     "attention_mask",
@@ -70,7 +74,10 @@ def _vocab_args(tokenizer: Any, tiny_vocab: str) -> dict[str, Any]:
         "vision_start_token_id": "<|vision_start|>",
         "vision_end_token_id": "<|vision_end|>",
     }
-    return {"vocab_size": len(tokenizer), "token_ids": {k: tokenizer.convert_tokens_to_ids(v) for k, v in names.items()}}
+    return {
+        "vocab_size": len(tokenizer),
+        "token_ids": {k: tokenizer.convert_tokens_to_ids(v) for k, v in names.items()},
+    }
 
 
 def model_family(model_type: str) -> str:
@@ -171,9 +178,15 @@ class VisionLanguageBackbone(nn.Module):
         self.name_or_path, self.logprob_chunk_size = model_name_or_path, logprob_chunk_size
         # Enough to rebuild this backbone around a checkpoint's weights (export, evaluation).
         self.init_args: dict[str, Any] = {
-            "model_name_or_path": model_name_or_path, "family": family, "dtype": dtype,
-            "attn_implementation": attn_implementation, "lora": None if lora is None else vars(lora), "seed": seed,
-            "tiny_hidden": tiny_hidden, "tiny_layers": tiny_layers, "tiny_vocab": tiny_vocab,
+            "model_name_or_path": model_name_or_path,
+            "family": family,
+            "dtype": dtype,
+            "attn_implementation": attn_implementation,
+            "lora": None if lora is None else vars(lora),
+            "seed": seed,
+            "tiny_hidden": tiny_hidden,
+            "tiny_layers": tiny_layers,
+            "tiny_vocab": tiny_vocab,
         }
         attn = resolve_attention(attn_implementation)
         if model_name_or_path == "tiny":
@@ -184,12 +197,16 @@ class VisionLanguageBackbone(nn.Module):
             config = tiny_config(family, tiny_hidden, tiny_layers, **_vocab_args(tokenizer, tiny_vocab))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[dtype], attn_implementation=attn)
+                model = AutoModelForImageTextToText.from_config(
+                    config, dtype=DTYPES[dtype], attn_implementation=attn
+                )
             processor = build_processor(family, tokenizer)
         else:
             from transformers import AutoProcessor
 
-            model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=DTYPES[dtype], attn_implementation=attn)
+            model = AutoModelForImageTextToText.from_pretrained(
+                model_name_or_path, dtype=DTYPES[dtype], attn_implementation=attn
+            )
             processor = AutoProcessor.from_pretrained(model_name_or_path)
             family = model_family(model.config.model_type)
         model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
@@ -221,7 +238,9 @@ class VisionLanguageBackbone(nn.Module):
 
         names = "|".join(lora.target_modules)
         scope = r".*" if lora.include_vision else r".*language_model.*"
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=rf"{scope}\.({names})")
+        config = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=rf"{scope}\.({names})"
+        )
         return get_peft_model(model, config)
 
     @property
@@ -242,7 +261,11 @@ class VisionLanguageBackbone(nn.Module):
         return self.hf_model.model(**self.model_inputs(batch), use_cache=False).last_hidden_state
 
     def token_logprobs(
-        self, batch: dict[str, Any], target_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
+        self,
+        batch: dict[str, Any],
+        target_mask: torch.Tensor,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """[B, T] log-probabilities of the tokens of ``input_ids`` where ``target_mask`` is set, else 0.
 
@@ -254,7 +277,12 @@ class VisionLanguageBackbone(nn.Module):
         ids = batch["input_ids"]
         picked = target_mask[:, 1:].bool()
         scores = gather_token_logprobs(
-            hidden[:, :-1][picked], self.hf_model.lm_head, ids[:, 1:][picked], self.logprob_chunk_size, temperature, with_entropy
+            hidden[:, :-1][picked],
+            self.hf_model.lm_head,
+            ids[:, 1:][picked],
+            self.logprob_chunk_size,
+            temperature,
+            with_entropy,
         )
         logp, entropy = scores if with_entropy else (scores, None)
         out = torch.zeros(ids.shape, dtype=logp.dtype, device=ids.device)
@@ -302,7 +330,11 @@ class VisionLanguageBackbone(nn.Module):
         )
         prompt_len = batch["input_ids"].shape[1]
         response = sequences[:, prompt_len:]
-        return {"sequences": sequences, "response_ids": response, "response_mask": response_mask(response, eos)}
+        return {
+            "sequences": sequences,
+            "response_ids": response,
+            "response_mask": response_mask(response, eos),
+        }
 
     def save_pretrained(self, out: str | Path) -> None:
         """A Hugging Face folder (weights, config, processor); LoRA weights are merged in."""
@@ -329,11 +361,15 @@ def sharded_across_ranks(module: nn.Module) -> bool:
     return is_sharded(module) and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def placeholder_row(backbone: VisionLanguageBackbone, device: torch.device) -> tuple[dict[str, Any], torch.Tensor]:
+def placeholder_row(
+    backbone: VisionLanguageBackbone, device: torch.device
+) -> tuple[dict[str, Any], torch.Tensor]:
     """A one-row text batch of two pad tokens and a mask scoring the second: what a rank with no rows
     runs so that it joins the forwards, backwards and collectives of the others (at zero weight)."""
     ids = torch.full((1, 2), backbone.tokenizer.pad_token_id, device=device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "meta": []}, torch.tensor([[False, True]], device=device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "meta": []}, torch.tensor(
+        [[False, True]], device=device
+    )
 
 
 def response_mask(response: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -341,3 +377,19 @@ def response_mask(response: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     is_eos = torch.isin(response, torch.tensor(eos_ids, device=response.device))
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
     return (~after_eos).long()
+
+
+def vision_grad_anchor(backbone: VisionLanguageBackbone, batch: dict[str, Any]) -> torch.Tensor | float:
+    """Zero, with a (zero) gradient for every trainable vision parameter when ``batch`` has no media.
+
+    Across ranks, gradients are reduced parameter by parameter (DDP buckets, FSDP2 reduce-scatters
+    of the parameters that have a gradient): a rank whose micro-batch is text only would leave the
+    vision tower out while the others reduce it, and the ranks would wait on different collectives.
+    Add this to the loss of every multi-rank backward. Sharded (DTensor) vision blocks are left out:
+    ``ShardingSettings.shard_vision_blocks`` documents why they need equal tower calls instead.
+    """
+    if batch.get("pixel_values") is not None or batch.get("pixel_values_videos") is not None:
+        return 0.0
+    visual = VisionLanguageBackbone._visual(backbone.model).parameters()
+    unreached = [p.sum() for p in visual if p.requires_grad and not hasattr(p, "full_tensor")]
+    return 0.0 * sum(unreached) if unreached else 0.0

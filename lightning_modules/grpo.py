@@ -14,7 +14,12 @@ from lightning.pytorch.cli import OptimizerCallable
 
 import rewards
 from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages, task_key
-from lightning_modules.backbone import VisionLanguageBackbone, placeholder_row, sharded_across_ranks
+from lightning_modules.backbone import (
+    VisionLanguageBackbone,
+    placeholder_row,
+    sharded_across_ranks,
+    vision_grad_anchor,
+)
 from lightning_modules.losses import aggregate, global_counts, kl_penalty, policy_loss
 from lightning_modules.rl_step import (
     GroupRecord,
@@ -198,7 +203,10 @@ class GRPOModule(L.LightningModule):
         params = [p for p in self.backbone.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.schedule.build(optimizer, total), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.schedule.build(optimizer, total), "interval": "step"},
+        }
 
     # -- phase 1: collect (roll out, score, filter: one global decision) -----------------------
     def _score(self, ro: Rollouts) -> dict[str, torch.Tensor]:
@@ -226,8 +234,12 @@ class GRPOModule(L.LightningModule):
         tokens = ro.response_mask.sum(-1).tolist()
         return [
             GroupRecord(
-                rank, part, g, task_key(ro.meta[g * n]["problem_type"], ro.meta[g * n]["data_type"], by),
-                {f: tuple(v[g * n : g * n + n].tolist()) for f, v in scores.items()}, tuple(tokens[g * n : g * n + n]),
+                rank,
+                part,
+                g,
+                task_key(ro.meta[g * n]["problem_type"], ro.meta[g * n]["data_type"], by),
+                {f: tuple(v[g * n : g * n + n].tolist()) for f, v in scores.items()},
+                tuple(tokens[g * n : g * n + n]),
             )
             for g in range(len(ro.responses) // n)
         ]
@@ -242,7 +254,11 @@ class GRPOModule(L.LightningModule):
         collected = Collected()
         prompts: dict[str, Any] | None = batch
         wanted = 0
-        band, metric, enabled = tuple(self.hparams.filter_band), self.hparams.filter_metric, self.hparams.filter_groups
+        band, metric, enabled = (
+            tuple(self.hparams.filter_band),
+            self.hparams.filter_metric,
+            self.hparams.filter_groups,
+        )
         for round_ in range(1 + self.hparams.max_resample):
             if round_ > 0:
                 if not enabled or len(kept_groups(collected.groups, metric, band, enabled, wanted)) >= wanted:
@@ -272,7 +288,9 @@ class GRPOModule(L.LightningModule):
                 with torch.no_grad():
                     self.rollout(self.backbone, {**batch, "meta": [meta]}, 1)
             else:
-                self.backbone.generate(batch, 1, max_new_tokens=self.hparams.val_max_new_tokens, do_sample=False)
+                self.backbone.generate(
+                    batch, 1, max_new_tokens=self.hparams.val_max_new_tokens, do_sample=False
+                )
         return []
 
     def _next_resample_batch(self) -> dict[str, Any] | None:
@@ -290,7 +308,9 @@ class GRPOModule(L.LightningModule):
         return self.trainer.strategy.batch_to_device(batch)
 
     # -- phase 2: advantages (global batch, identical on every rank) --------------------------
-    def _advantages(self, kept: list[GroupRecord]) -> tuple[AdvantageResult, dict[tuple[int, int, int], torch.Tensor]]:
+    def _advantages(
+        self, kept: list[GroupRecord]
+    ) -> tuple[AdvantageResult, dict[tuple[int, int, int], torch.Tensor]]:
         """Advantages of the kept groups and the EMA update, computed from the gathered rewards, so
         every rank (and one process on the whole batch) gets the same σ_τ. Returns them per group
         ``(rank, part, index)`` too."""
@@ -299,13 +319,21 @@ class GRPOModule(L.LightningModule):
         group_ids = torch.arange(len(kept)).repeat_interleave(n)
         keys = [g.key for g in kept for _ in range(n)]
         result = compute_advantages(
-            self.hparams.advantage, overall, group_ids, keys, self.reward_ema, self.hparams.guard, self.hparams.guard_mode
+            self.hparams.advantage,
+            overall,
+            group_ids,
+            keys,
+            self.reward_ema,
+            self.hparams.guard,
+            self.hparams.guard_mode,
         )
         advantages = result.advantages.float()
         return result, {(g.rank, g.part, g.index): advantages[i * n : i * n + n] for i, g in enumerate(kept)}
 
     # -- phases 3 and 4: old log-probs, updates ------------------------------------------------
-    def _micro_batch(self, collected: Collected, part: int, rows: list[int], advantages: dict, weight: float = 1.0) -> dict[str, Any]:
+    def _micro_batch(
+        self, collected: Collected, part: int, rows: list[int], advantages: dict, weight: float = 1.0
+    ) -> dict[str, Any]:
         """Rows of one generate call as a training micro-batch; ``weight`` 0 makes a padding micro-batch
         (a real forward and backward that adds nothing)."""
         ro = collected.parts[part]
@@ -318,15 +346,21 @@ class GRPOModule(L.LightningModule):
         else:
             adv = torch.stack([advantages[(self.global_rank, part, r // n)][r % n] for r in rows])
         mb["advantages"] = adv.to(device=device, dtype=torch.float32)  # float32 also under bf16-true
-        mb["token_mask"] = ro.response_mask[torch.tensor(rows)].to(device).bool()  # scored positions, padding included
+        mb["token_mask"] = (
+            ro.response_mask[torch.tensor(rows)].to(device).bool()
+        )  # scored positions, padding included
         return mb
 
-    def _padded(self, collected: Collected, groups: list[GroupRecord], advantages: dict) -> list[tuple[MicroBatch | None, dict[str, Any]]]:
+    def _padded(
+        self, collected: Collected, groups: list[GroupRecord], advantages: dict
+    ) -> list[tuple[MicroBatch | None, dict[str, Any]]]:
         """This rank's micro-batches of ``groups``, padded to the most any rank runs (``None``: padding)."""
         n, size = self.hparams.rollouts_per_prompt, self.hparams.micro_batch_size
         mine = rank_micro_batches(groups, self.global_rank, n, size)
         count = micro_batch_count(groups, self.trainer.world_size, n, size)
-        out: list[tuple[MicroBatch | None, dict[str, Any]]] = [(mb, self._micro_batch(collected, *mb, advantages)) for mb in mine]
+        out: list[tuple[MicroBatch | None, dict[str, Any]]] = [
+            (mb, self._micro_batch(collected, *mb, advantages)) for mb in mine
+        ]
         out += [(None, self._padding_micro_batch(collected, advantages)) for _ in range(count - len(mine))]
         return out
 
@@ -338,7 +372,12 @@ class GRPOModule(L.LightningModule):
             return self._micro_batch(collected, 0, rows, advantages, weight=0.0)
         batch, scored = placeholder_row(self.backbone, self.device)
         zeros = torch.zeros_like(batch["input_ids"])
-        return {**batch, "response_mask": zeros, "token_mask": scored, "advantages": torch.zeros(1, device=self.device)}
+        return {
+            **batch,
+            "response_mask": zeros,
+            "token_mask": scored,
+            "advantages": torch.zeros(1, device=self.device),
+        }
 
     def _lockstep_forwards(self) -> bool:
         """Forward passes are collective (FSDP2 gathers parameters): pad no-grad passes too."""
@@ -389,10 +428,18 @@ class GRPOModule(L.LightningModule):
                     part, rows = located if located is not None else (0, [])
                     old_lp = torch.stack([old.policy[(part, r)] for r in rows]) if rows else lp.detach()
                     per_token, st = policy_loss(
-                        lp, old_lp, mb["advantages"], mask, self.hparams.clip_low, self.hparams.clip_high, self.hparams.dual_clip
+                        lp,
+                        old_lp,
+                        mb["advantages"],
+                        mask,
+                        self.hparams.clip_low,
+                        self.hparams.clip_high,
+                        self.hparams.dual_clip,
                     )
                     if self.reference is not None:
-                        ref_lp = torch.stack([old.reference[(part, r)] for r in rows]) if rows else lp.detach()
+                        ref_lp = (
+                            torch.stack([old.reference[(part, r)] for r in rows]) if rows else lp.detach()
+                        )
                         kl = kl_penalty(lp, ref_lp, self.hparams.kl_estimator)
                         per_token = per_token + self.hparams.kl_coef * kl
                         if rows:
@@ -404,13 +451,19 @@ class GRPOModule(L.LightningModule):
                         constant_normalizer=self._max_response_tokens(mask), global_tokens=tokens, global_sequences=seqs,
                     )  # fmt: skip
                     if located is None:
-                        loss = loss * 0.0  # padding: a backward that joins the gradient reduction, adding nothing
+                        loss = (
+                            loss * 0.0
+                        )  # padding: a backward that joins the gradient reduction, adding nothing
+                    if world > 1:
+                        loss = loss + vision_grad_anchor(self.backbone, mb)
                     self.manual_backward(loss * world)
                     update_loss += loss.detach().double().cpu()
                     if rows:
                         stats.clip.append(float(st.clip_fraction))
                         stats.dual_clip.append(float(st.dual_clip_fraction))
-                self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+                self.clip_gradients(
+                    optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm"
+                )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
@@ -436,13 +489,24 @@ class GRPOModule(L.LightningModule):
     # -- logging -------------------------------------------------------------------------------
     def _log_filter(self, groups: list[GroupRecord]) -> None:
         kept: dict[str, list[float]] = defaultdict(list)
-        band, metric, enabled = tuple(self.hparams.filter_band), self.hparams.filter_metric, self.hparams.filter_groups
+        band, metric, enabled = (
+            tuple(self.hparams.filter_band),
+            self.hparams.filter_metric,
+            self.hparams.filter_groups,
+        )
         for g in groups:
             kept[g.key].append(float(passes_filter(g, metric, band, enabled)))
         for key, flags in kept.items():
             self.log(f"train/filter_pass_rate/{key}", sum(flags) / len(flags), on_step=True, batch_size=1)
 
-    def _log_step(self, collected: Collected, result: AdvantageResult, old: OldLogprobs, updates: UpdateStats, step_seconds: float) -> None:
+    def _log_step(
+        self,
+        collected: Collected,
+        result: AdvantageResult,
+        old: OldLogprobs,
+        updates: UpdateStats,
+        step_seconds: float,
+    ) -> None:
         """Rewards, lengths, filter and advantage statistics of the global kept batch; losses summed over
         ranks (one all-reduce); clip fractions and KL of this rank's rows."""
         log = lambda name, value: self.log(name, float(value), on_step=True, batch_size=1)  # noqa: E731
@@ -489,7 +553,10 @@ class GRPOModule(L.LightningModule):
         if updates.kl:
             log("train/kl", sum(updates.kl) / len(updates.kl))
         log("train/entropy", entropy)
-        log("train/generation_tokens_per_sec", collected.generated_tokens / max(collected.generation_seconds, 1e-9))
+        log(
+            "train/generation_tokens_per_sec",
+            collected.generated_tokens / max(collected.generation_seconds, 1e-9),
+        )
         log("train/step_seconds", step_seconds)
         log("train/agreement_seconds", collected.agreement_seconds)
         log("train/lr", self.optimizers().param_groups[0]["lr"])
@@ -508,9 +575,16 @@ class GRPOModule(L.LightningModule):
             ScoredPart(collected.parts[p], rows, {f: v[rows] for f, v in collected.scores[p].items()})
             for p, rows in rows_by_part.items()
         ]
-        scores = {f: torch.cat([p.scores[f] for p in parts]) if parts else torch.zeros(0) for f in REWARD_FIELDS}
+        scores = {
+            f: torch.cat([p.scores[f] for p in parts]) if parts else torch.zeros(0) for f in REWARD_FIELDS
+        }
         meta = [p.rollouts.meta[r] for p in parts for r in p.rows]
-        return {"parts": parts, "scores": scores, "advantages": torch.cat(advantages) if advantages else torch.zeros(0), "meta": meta}
+        return {
+            "parts": parts,
+            "scores": scores,
+            "advantages": torch.cat(advantages) if advantages else torch.zeros(0),
+            "meta": meta,
+        }
 
     # -- validation: greedy reward evaluation --------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -522,22 +596,35 @@ class GRPOModule(L.LightningModule):
                 self._join_generation(through_engine=False)
             return
         keys = [task_key(m["problem_type"], m["data_type"], self.hparams.task_key_by) for m in batch["meta"]]
-        out = self.backbone.generate(batch, num_return_sequences=1, max_new_tokens=self.hparams.val_max_new_tokens, do_sample=False)
+        out = self.backbone.generate(
+            batch, num_return_sequences=1, max_new_tokens=self.hparams.val_max_new_tokens, do_sample=False
+        )
         self._log_val_scores("val/reward", self._score_generated(batch, out, 1), keys)
         if self.hparams.val_samples > 0:
             n = self.hparams.val_samples
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.hparams.seed * 7_919 + batch_idx)
                 sampled = self.backbone.generate(
-                    batch, num_return_sequences=n, temperature=getattr(self.rollout, "temperature", 1.0),
-                    top_p=getattr(self.rollout, "top_p", 1.0), max_new_tokens=self.hparams.val_max_new_tokens,
+                    batch,
+                    num_return_sequences=n,
+                    temperature=getattr(self.rollout, "temperature", 1.0),
+                    top_p=getattr(self.rollout, "top_p", 1.0),
+                    max_new_tokens=self.hparams.val_max_new_tokens,
                 )
-            self._log_val_scores("val/sampled_reward", self._score_generated(batch, sampled, n), [k for k in keys for _ in range(n)])
+            self._log_val_scores(
+                "val/sampled_reward",
+                self._score_generated(batch, sampled, n),
+                [k for k in keys for _ in range(n)],
+            )
 
-    def _score_generated(self, batch: dict[str, Any], out: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    def _score_generated(
+        self, batch: dict[str, Any], out: dict[str, torch.Tensor], n: int
+    ) -> dict[str, torch.Tensor]:
         tok = self.backbone.tokenizer
         mask = out["response_mask"]
-        texts = tok.batch_decode(out["response_ids"] * mask + tok.pad_token_id * (1 - mask), skip_special_tokens=True)
+        texts = tok.batch_decode(
+            out["response_ids"] * mask + tok.pad_token_id * (1 - mask), skip_special_tokens=True
+        )
         meta = [m for m in batch["meta"] for _ in range(n)]
         return self._score(Rollouts(batch, mask, texts, torch.arange(len(texts)), meta, int(mask.sum())))
 

@@ -155,10 +155,15 @@ def synthetic_tokenizer(vocab_size: int = 1024) -> Any:
         bpe = Tokenizer(models.BPE())
         bpe.normalizer = normalizers.NFC()
         bpe.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+            [
+                pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
         )
         bpe.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
         bpe.train_from_iterator(corpus, trainer)
         state = json.loads(bpe.to_str())["model"]
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
@@ -175,15 +180,31 @@ def build_processor(family: Family = "qwen3_vl", tokenizer: Any = None) -> Any:
     if family == "qwen3_vl":
         from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-        image = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-        video = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, cap_pixels_per_frame=True)
-        return Qwen3VLProcessor(image_processor=image, tokenizer=tokenizer, video_processor=video, chat_template=CHAT_TEMPLATES[family])
+        image = Qwen2VLImageProcessor(
+            patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+        video = Qwen3VLVideoProcessor(
+            patch_size=16, merge_size=2, temporal_patch_size=2, cap_pixels_per_frame=True
+        )
+        return Qwen3VLProcessor(
+            image_processor=image,
+            tokenizer=tokenizer,
+            video_processor=video,
+            chat_template=CHAT_TEMPLATES[family],
+        )
     if family == "qwen2_5_vl":
         from transformers import Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
 
         image = Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
-        video = Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2, cap_pixels_per_frame=True)
-        return Qwen2_5_VLProcessor(image_processor=image, tokenizer=tokenizer, video_processor=video, chat_template=CHAT_TEMPLATES[family])
+        video = Qwen2VLVideoProcessor(
+            patch_size=14, merge_size=2, temporal_patch_size=2, cap_pixels_per_frame=True
+        )
+        return Qwen2_5_VLProcessor(
+            image_processor=image,
+            tokenizer=tokenizer,
+            video_processor=video,
+            chat_template=CHAT_TEMPLATES[family],
+        )
     raise ValueError(f"unknown backbone family {family!r}; valid: {', '.join(FAMILIES)}")
 
 

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
-from lightning_modules.backbone import VisionLanguageBackbone, placeholder_row
+from lightning_modules.backbone import VisionLanguageBackbone, placeholder_row, vision_grad_anchor
 from lightning_modules.schedules import WarmupSchedule
 from lightning_modules.sharding import ShardingSettings, configure_sharding, total_grad_norm
 
@@ -19,7 +19,9 @@ def _adamw(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
 
 
-def per_task_sums(nll: torch.Tensor, mask: torch.Tensor, meta: list[dict[str, Any]]) -> dict[str, tuple[torch.Tensor, int]]:
+def per_task_sums(
+    nll: torch.Tensor, mask: torch.Tensor, meta: list[dict[str, Any]]
+) -> dict[str, tuple[torch.Tensor, int]]:
     """Summed token NLL and token count per ``problem_type/data_type`` of the rows."""
     row_sum, row_count = (nll * mask).sum(dim=1), mask.sum(dim=1)
     out: dict[str, list] = defaultdict(lambda: [0.0, 0])
@@ -72,7 +74,13 @@ class SFTModule(L.LightningModule):
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=size)
         for task, (total, count) in tasks.items():
             if count:
-                self.log(f"{split}/loss/{task}", total / count, on_step=on_step, on_epoch=not on_step, batch_size=count)
+                self.log(
+                    f"{split}/loss/{task}",
+                    total / count,
+                    on_step=on_step,
+                    on_epoch=not on_step,
+                    batch_size=count,
+                )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
@@ -85,19 +93,19 @@ class SFTModule(L.LightningModule):
             loss, tasks, tokens = self._placeholder_loss(), {}, 0
         else:
             loss, tasks, tokens = self.loss(batch)
+            if self.trainer.world_size > 1:
+                loss = loss + vision_grad_anchor(self.backbone, batch)
         loss, global_loss = self._global_token_mean(loss, tokens)
         self._log_step("train", global_loss, tasks, max(len(batch["meta"]), 1))
         return loss
 
     def _placeholder_loss(self) -> torch.Tensor:
         """A zero loss with the graph of a real step: one scored token through `token_logprobs` (the
-        same FSDP hooks and collectives as a real batch), plus the trainable vision parameters (a
-        text row does not reach them), so every parameter gets a (zero) gradient to reduce."""
+        same FSDP hooks and collectives as a real batch) and the vision anchor (a text row misses the tower)."""
         batch, scored = placeholder_row(self.backbone, self.device)
-        logp = self.backbone.token_logprobs(batch, scored)
-        visual = self.backbone._visual(self.backbone.model).parameters()
-        unreached = [p.sum() for p in visual if p.requires_grad and not hasattr(p, "full_tensor")]
-        return 0.0 * (logp.sum() + sum(unreached))
+        return 0.0 * self.backbone.token_logprobs(batch, scored).sum() + vision_grad_anchor(
+            self.backbone, batch
+        )
 
     def _global_token_mean(self, loss: torch.Tensor, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's term of the global token mean, and the global mean itself (for logging).
@@ -118,7 +126,9 @@ class SFTModule(L.LightningModule):
             return
         seconds = time.perf_counter() - self._step_started
         tokens = int(batch["attention_mask"].sum())
-        self.log("train/tokens_per_sec", tokens / max(seconds, 1e-9), on_step=True, prog_bar=True, batch_size=1)
+        self.log(
+            "train/tokens_per_sec", tokens / max(seconds, 1e-9), on_step=True, prog_bar=True, batch_size=1
+        )
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=1)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

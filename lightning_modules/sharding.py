@@ -68,7 +68,9 @@ def data_parallel_mesh(mesh: DeviceMesh) -> DeviceMesh:
     if mesh.ndim == 1:
         return mesh
     if mesh.ndim != 2:
-        raise ValueError(f"sharding takes a 1-D (shard) or 2-D (replicate, shard) device mesh, got shape {tuple(mesh.shape)}")
+        raise ValueError(
+            f"sharding takes a 1-D (shard) or 2-D (replicate, shard) device mesh, got shape {tuple(mesh.shape)}"
+        )
     names = mesh.mesh_dim_names
     if names is None:
         raise ValueError("a 2-D device mesh needs dimension names, e.g. ('data_parallel', 'tensor_parallel')")
@@ -136,7 +138,9 @@ def total_grad_norm(module: nn.Module) -> torch.Tensor | None:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def configure_sharding(module: L.LightningModule, backbone: VisionLanguageBackbone, settings: ShardingSettings) -> None:
+def configure_sharding(
+    module: L.LightningModule, backbone: VisionLanguageBackbone, settings: ShardingSettings
+) -> None:
     """``configure_model`` body: shard ``backbone`` when the strategy gives ``module`` a device mesh.
 
     A no-op without a mesh (one device, DDP) and when the backbone is already sharded (Lightning

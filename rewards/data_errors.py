@@ -30,8 +30,9 @@ _MAX_SEEN = 1_000_000  # forget old records rather than grow forever
 class RewardDataError(ValueError):
     """A ground-truth answer that cannot be scored as its task requires."""
 
-    def __init__(self, problem_type: str, data_type: str, reason: str, problem_id: Any = None,
-                 answer: str = "") -> None:
+    def __init__(
+        self, problem_type: str, data_type: str, reason: str, problem_id: Any = None, answer: str = ""
+    ) -> None:
         self.problem_type, self.data_type, self.reason = problem_type, data_type, reason
         self.problem_id, self.answer = problem_id, answer
         super().__init__(
@@ -44,8 +45,11 @@ def report_data_error(err: RewardDataError, on_bad_answer: OnBadAnswer = "warn")
     """Raise, or log once per record (keyed by problem_id, else the answer text) and count."""
     if on_bad_answer == "raise":
         raise err
-    key = (err.problem_type, err.data_type,
-           ("id", err.problem_id) if err.problem_id is not None else ("answer", err.answer))
+    key = (
+        err.problem_type,
+        err.data_type,
+        ("id", err.problem_id) if err.problem_id is not None else ("answer", err.answer),
+    )
     with _lock:
         if key in _seen:
             return

@@ -48,8 +48,9 @@ class RewardModelScorer(Protocol):
     fails the whole batch. Failed items fall back to ROUGE.
     """
 
-    def score(self, prompts: Sequence[str], references: Sequence[str],
-              outputs: Sequence[str]) -> list[float | None]: ...
+    def score(
+        self, prompts: Sequence[str], references: Sequence[str], outputs: Sequence[str]
+    ) -> list[float | None]: ...
 
 
 @dataclass
@@ -72,16 +73,24 @@ class OpenAIChatRewardScorer:
     def _one(self, prompt: str, reference: str, output: str) -> float | None:
         body = {
             "model": self.model,
-            "messages": [{"role": "user", "content": self.template.format(
-                prompt=prompt, reference=reference, output=output)}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": self.template.format(prompt=prompt, reference=reference, output=output),
+                }
+            ],
             "temperature": 0.0,
             "max_tokens": self.max_tokens,
         }
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url.rstrip("/") + "/chat/completions",
-                                     data=json.dumps(body).encode(), headers=headers, method="POST")
+        req = urllib.request.Request(
+            self.url.rstrip("/") + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers=headers,
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 reply = json.loads(resp.read().decode("utf-8", "replace"))
@@ -95,8 +104,9 @@ class OpenAIChatRewardScorer:
         v = float(m.group(0)) / self.max_score
         return max(0.0, min(1.0, v)) if math.isfinite(v) else None
 
-    def score(self, prompts: Sequence[str], references: Sequence[str],
-              outputs: Sequence[str]) -> list[float | None]:
+    def score(
+        self, prompts: Sequence[str], references: Sequence[str], outputs: Sequence[str]
+    ) -> list[float | None]:
         """Score all items, `concurrency` requests at a time."""
         with ThreadPoolExecutor(max(1, self.concurrency)) as ex:
             return list(ex.map(self._one, prompts, references, outputs))
@@ -158,8 +168,12 @@ def reward_model_accuracies(
     if failed:
         with _fail_lock:
             _failures += failed
-        logger.warning("reward model failed on %d of %d items; ROUGE used instead (total %d)",
-                       failed, len(outputs), _failures)
+        logger.warning(
+            "reward model failed on %d of %d items; ROUGE used instead (total %d)",
+            failed,
+            len(outputs),
+            _failures,
+        )
     if normalize:
         scores = normalize_by_group(scores, groups)
     return [max(0.0, min(1.0, s)) for s in scores]

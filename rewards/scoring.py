@@ -36,8 +36,12 @@ class RewardResult:
 
     def as_dict(self) -> dict[str, float]:
         """The four reward floats, for logging."""
-        return {"overall": self.overall, "accuracy": self.accuracy, "format": self.format,
-                "structure": self.structure}
+        return {
+            "overall": self.overall,
+            "accuracy": self.accuracy,
+            "format": self.format,
+            "structure": self.structure,
+        }
 
 
 def _finite(x: Any) -> float:
@@ -80,12 +84,15 @@ def _score_task(task: TaskReward, response: Any, gt: str, variant: str) -> tuple
 def _check_answer(task: TaskReward, gt: str, problem_id: Any, on_bad_answer: OnBadAnswer) -> str | None:
     try:
         # empty tags leave the tagged text as the ground truth (released), never a valid answer
-        reason = "empty <answer> tags" if "<answer>" in gt and not extract_answer(gt) else task.check_answer(gt)
+        reason = (
+            "empty <answer> tags" if "<answer>" in gt and not extract_answer(gt) else task.check_answer(gt)
+        )
     except Exception as e:
         reason = f"answer check raised {e!r}"
     if reason:
-        report_data_error(RewardDataError(task.problem_type, task.data_type or "*", reason, problem_id, gt),
-                          on_bad_answer)
+        report_data_error(
+            RewardDataError(task.problem_type, task.data_type or "*", reason, problem_id, gt), on_bad_answer
+        )
     return reason
 
 
@@ -138,10 +145,14 @@ def _score_chunk(items: list[tuple[Any, str, str, str]], variant: str) -> list[t
 def _pool(workers: int, context: str) -> ProcessPoolExecutor:
     key = (workers, context)
     if key not in _POOLS:
-        modules = sorted({getattr(get_reward(p, d).accuracy, "__module__", "") for p, d in registered_tasks()}
-                         - {"__main__", ""})
+        modules = sorted(
+            {getattr(get_reward(p, d).accuracy, "__module__", "") for p, d in registered_tasks()}
+            - {"__main__", ""}
+        )
         _POOLS[key] = ProcessPoolExecutor(
-            workers, mp_context=mp.get_context(context), initializer=_init_worker,
+            workers,
+            mp_context=mp.get_context(context),
+            initializer=_init_worker,
             initargs=(qa.get_math_timeout(), modules),
         )
     return _POOLS[key]
@@ -178,8 +189,13 @@ def score_batch(
     """
     check_variant(variant)
     n = len(responses)
-    for name, seq in (("answers", answers), ("problem_types", problem_types), ("data_types", data_types),
-                      ("problem_ids", problem_ids), ("prompts", prompts)):
+    for name, seq in (
+        ("answers", answers),
+        ("problem_types", problem_types),
+        ("data_types", data_types),
+        ("problem_ids", problem_ids),
+        ("prompts", prompts),
+    ):
         if seq is not None and len(seq) != n:
             raise ValueError(f"{name} has {len(seq)} items, responses has {n}")
     tasks = {pair: get_reward(*pair) for pair in set(zip(problem_types, data_types))}  # fail fast
@@ -198,11 +214,15 @@ def score_batch(
     if workers > 0 and n > chunk_size:
         chunks = [items[i : i + chunk_size] for i in range(0, n, chunk_size)]
         ex = _pool(workers, mp_context)
-        parts: list[tuple | None] = [r for rs in ex.map(_score_chunk, chunks, [variant] * len(chunks)) for r in rs]
+        parts: list[tuple | None] = [
+            r for rs in ex.map(_score_chunk, chunks, [variant] * len(chunks)) for r in rs
+        ]
     else:
         parts = _score_chunk(items, variant)
-    rows = [list(p) if p is not None else list(_score_task(tasks[(it[2], it[3])], it[0], it[1], variant))
-            for p, it in zip(parts, items)]
+    rows = [
+        list(p) if p is not None else list(_score_task(tasks[(it[2], it[3])], it[0], it[1], variant))
+        for p, it in zip(parts, items)
+    ]
 
     if reward_model is not None:
         idx = [i for i in range(n) if tasks[(problem_types[i], data_types[i])].problem_type == "open-ended"]

@@ -89,8 +89,9 @@ def _check_video(gt: str) -> str | None:
     return None
 
 
-@register_reward("segmentation", data_type="image", structure=segmentation_image_structure,
-                 check_answer=_check_image)
+@register_reward(
+    "segmentation", data_type="image", structure=segmentation_image_structure, check_answer=_check_image
+)
 def segmentation_image_accuracy(pred: str, gt: str, variant: str = "released") -> float:
     """0.5·IoU(box) + 0.25·G(d⁺) + 0.25·G(d⁻)."""
     parts = _parts(pred, gt)
@@ -108,8 +109,9 @@ def _time(v: Any) -> float | None:
     return None if t is None or math.isnan(t) else t
 
 
-@register_reward("segmentation", data_type="video", structure=segmentation_video_structure,
-                 check_answer=_check_video)
+@register_reward(
+    "segmentation", data_type="video", structure=segmentation_video_structure, check_answer=_check_video
+)
 def segmentation_video_accuracy(pred: str, gt: str, variant: str = "released") -> float:
     """released: 0.3·IoU + 0.3·exp(−|Δt|/2) + 0.2·G⁺ + 0.2·G⁻; paper: Gaussian σ = 1 s on Δt."""
     parts = _parts(pred, gt)

@@ -46,7 +46,13 @@ class GlobalLoss(Callback):
 
 
 def global_batches(
-    manifest: str, backbone, steps: int, rows: int, rank: int, world: int, skip: tuple[int, int, int] | None = None
+    manifest: str,
+    backbone,
+    steps: int,
+    rows: int,
+    rank: int,
+    world: int,
+    skip: tuple[int, int, int] | None = None,
 ) -> list[dict]:
     """``steps`` batches; step s holds records s*rows .. (s+1)*rows - 1, this rank its contiguous share.
 
@@ -77,17 +83,28 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows-per-step", type=int, default=4)
-    parser.add_argument("--replicate", type=int, default=0, help="mesh (replicate, shard); 0: one process, no strategy")
+    parser.add_argument(
+        "--replicate", type=int, default=0, help="mesh (replicate, shard); 0: one process, no strategy"
+    )
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--shard-vision-blocks", action="store_true")
     parser.add_argument("--param-dtype", default="float32", help="the sharding's compute dtype")
-    parser.add_argument("--activation-checkpointing", action="store_true", help="the sharding option (composable)")
+    parser.add_argument(
+        "--activation-checkpointing", action="store_true", help="the sharding option (composable)"
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="the backbone's (Hugging Face)")
-    parser.add_argument("--skip", type=int, nargs=3, default=None, help="step rank world: a rank's rows all skipped")
+    parser.add_argument(
+        "--skip", type=int, nargs=3, default=None, help="step rank world: a rank's rows all skipped"
+    )
     parser.add_argument("--checkpoint-dir", default=None, help="save checkpoints here")
-    parser.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: the last step)")
-    parser.add_argument("--resume", default=None, help="a checkpoint to resume from (its steps are not replayed)")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: the last step)"
+    )
+    parser.add_argument(
+        "--resume", default=None, help="a checkpoint to resume from (its steps are not replayed)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed of the tiny model")
+    parser.add_argument("--train-vision", action="store_true", help="train the vision tower and projector")
     args = parser.parse_args()
     torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -96,8 +113,15 @@ def main() -> None:
 
     L.seed_everything(0, verbose=False)
     backbone = VisionLanguageBackbone(
-        "tiny", family=args.family, seed=args.seed, tiny_vocab="synthetic", attn_implementation="sdpa",
-        lora=LoraSettings(r=4, alpha=8) if args.lora else None, gradient_checkpointing=args.gradient_checkpointing,
+        "tiny",
+        family=args.family,
+        seed=args.seed,
+        tiny_vocab="synthetic",
+        attn_implementation="sdpa",
+        lora=LoraSettings(r=4, alpha=8) if args.lora else None,
+        gradient_checkpointing=args.gradient_checkpointing,
+        freeze_vision_tower=not args.train_vision,
+        freeze_projector=not args.train_vision,
     )
     module = SFTModule(
         backbone,

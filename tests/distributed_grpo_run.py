@@ -1,9 +1,10 @@
 """A GRPO fit on fixed global batches, in one process or several (run by tests/test_distributed_grpo.py).
 
     python -m tests.distributed_grpo_run OUT WORLD STRATEGY(ddp|fsdp2) [--engine hf] [--repeats K]
-        [--ckpt-dir DIR] [--resume CKPT --skip STEPS] [--drop STEP]   (from the repository root)
+        [--ckpt-dir DIR] [--resume CKPT --skip STEPS] [--drop STEP] [--images]   (from the repository root)
 
-``--engine hf`` samples answers instead (benchmarks/bench_grpo_ranks.py).
+``--engine hf`` samples answers instead (benchmarks/bench_grpo_ranks.py). ``--images`` gives every
+prompt an image and trains the vision tower and projector.
 
 Each RL step has a fixed global batch of prompts; rank r gets its share (rows r*B ... r*B+B-1), one
 process all of it, in the same order. A scripted rollout engine answers every prompt the same way in
@@ -23,6 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from PIL import Image
 from torch.utils.data import DataLoader
 
 import rewards
@@ -79,9 +81,17 @@ class ScriptedEngine:
 class FixedBatches(L.LightningDataModule):
     """This rank's share of each step's global batch, collated (prompt lengths are equal)."""
 
-    def __init__(self, manifest: Path, processor: Any, repeats: int = 1, skip: int = 0, drop: int = -1) -> None:
+    def __init__(
+        self, manifest: Path, processor: Any, repeats: int = 1, skip: int = 0, drop: int = -1
+    ) -> None:
         super().__init__()
-        self.manifest, self.processor, self.repeats, self.skip, self.drop = manifest, processor, repeats, skip, drop
+        self.manifest, self.processor, self.repeats, self.skip, self.drop = (
+            manifest,
+            processor,
+            repeats,
+            skip,
+            drop,
+        )
         self.batches: list[dict[str, Any]] = []
 
     def setup(self, stage: str) -> None:  # after the process group exists
@@ -94,9 +104,14 @@ class FixedBatches(L.LightningDataModule):
             if k == self.drop:  # the first half of the global batch had only bad media
                 step = step[len(step) // 2 :]
                 if world > 1 and rank == 0:
-                    self.batches.append({"meta": [], "skipped": {"bad_media": 2}})  # as the data module yields
+                    self.batches.append(
+                        {"meta": [], "skipped": {"bad_media": 2}}
+                    )  # as the data module yields
                     continue
-                rank, world = rank - (world > 1), world - (world > 1)  # the others share the rest (2 ranks here)
+                rank, world = (
+                    rank - (world > 1),
+                    world - (world > 1),
+                )  # the others share the rest (2 ranks here)
             share = step[rank * len(step) // world : (rank + 1) * len(step) // world]
             self.batches.append(collate([build_example(records[str(pid)], "rl", media) for pid, _ in share]))
             rank, world = self.trainer.global_rank, self.trainer.world_size
@@ -145,6 +160,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--resume", help="checkpoint to resume from")
     ap.add_argument("--skip", type=int, default=0, help="RL steps the resumed checkpoint has done")
     ap.add_argument("--drop", type=int, default=-1, help="in this RL step, rank 0's rows all have bad media")
+    ap.add_argument("--images", action="store_true", help="an image per prompt; the vision tower trains")
     return ap.parse_args()
 
 
@@ -153,15 +169,25 @@ def main() -> None:
     out, world = args.out, args.world
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    rewards.register_reward("numerical", data_type="image", structure=0.0, check_answer=lambda gt: None)(toy_accuracy)
+    rewards.register_reward("numerical", data_type="image", structure=0.0, check_answer=lambda gt: None)(
+        toy_accuracy
+    )
     manifest = out / "rl.json"
     records = [
         {"problem_id": pid, "problem": f"Question {pid % 10}: how many?", "data_type": "image",
          "problem_type": "numerical", "options": [], "data_source": "toy", "answer": f"<answer>{answer}</answer>"}
         for step in STEPS for pid, answer in step
     ]  # fmt: skip
+    if args.images:
+        image = out / "image.png"
+        Image.fromarray((torch.arange(64 * 64 * 3) % 251).reshape(64, 64, 3).to(torch.uint8).numpy()).save(
+            image
+        )
+        for r in records:
+            r["images"], r["problem"] = [str(image)], "<image>" + r["problem"]
     manifest.write_text(json.dumps(records))
-    backbone = VisionLanguageBackbone("tiny", seed=0, freeze_vision_tower=True, freeze_projector=True)
+    frozen = not args.images
+    backbone = VisionLanguageBackbone("tiny", seed=0, freeze_vision_tower=frozen, freeze_projector=frozen)
     engine = ScriptedEngine() if args.engine == "scripted" else HFGenerateEngine(max_new_tokens=16)
     module = GRPOModule(
         backbone, rollout=engine, rollouts_per_prompt=N, advantage="ema_grpo", filter_groups=True,

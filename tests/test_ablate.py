@@ -31,8 +31,14 @@ SEG = f"{M}/segmentation/image"
 # advantage -> seed -> {column: [(step, value), ...]}
 SERIES = {
     "grpo": {
-        0: {f"{M}/math": [(0, 0.1), (1, 0.2), (2, 0.3), (3, 0.4)], M: [(0, 0.1), (1, 0.2), (2, 0.3), (3, 0.4)]},
-        1: {f"{M}/math": [(0, 0.2), (1, 0.3), (2, 0.5), (3, 0.7)], M: [(0, 0.2), (1, 0.3), (2, 0.5), (3, 0.7)]},
+        0: {
+            f"{M}/math": [(0, 0.1), (1, 0.2), (2, 0.3), (3, 0.4)],
+            M: [(0, 0.1), (1, 0.2), (2, 0.3), (3, 0.4)],
+        },
+        1: {
+            f"{M}/math": [(0, 0.2), (1, 0.3), (2, 0.5), (3, 0.7)],
+            M: [(0, 0.2), (1, 0.3), (2, 0.5), (3, 0.7)],
+        },
     },
     "ema_grpo": {
         0: {f"{M}/math": [(0, 0.5), (1, 0.6), (2, 0.7), (3, 0.8)], SEG: [(1, 0.2), (3, 0.6)], M: [(3, 0.9)]},
@@ -107,7 +113,9 @@ def test_final_rewards_hand_computed(tmp_path):
 
 def test_markdown_table(tmp_path):
     curves = collect_curves(synthetic_runs(tmp_path))
-    text = markdown_table(final_rewards(curves, last_k=2), ["grpo", "ema_grpo"], last_k=2, name="abl", n_seeds=2)
+    text = markdown_table(
+        final_rewards(curves, last_k=2), ["grpo", "ema_grpo"], last_k=2, name="abl", n_seeds=2
+    )
     lines = text.splitlines()
     header = lines.index("| task | grpo | ema_grpo |")
     assert lines[header + 1] == "|---|---:|---:|"
@@ -116,7 +124,10 @@ def test_markdown_table(tmp_path):
     assert rows[1] == "| segmentation/image | — | 0.400 ± 0.000 (n=1) |"
     assert rows[2] == "| all | 0.475 ± 0.177 | **0.700 ± 0.283** |"  # `all` last
     tied = {"math": {a: {"mean": 0.5, "std": 0.0, "n": 1} for a in ("grpo", "ema_grpo")}}
-    assert markdown_table(tied, ["grpo", "ema_grpo"], 1).splitlines()[-1] == "| math | 0.500 ± 0.000 | 0.500 ± 0.000 |"
+    assert (
+        markdown_table(tied, ["grpo", "ema_grpo"], 1).splitlines()[-1]
+        == "| math | 0.500 ± 0.000 | 0.500 ± 0.000 |"
+    )
 
 
 def test_seed_band_interpolates_on_the_union_of_steps():
@@ -135,7 +146,9 @@ def test_summarize_writes_plot_and_table(tmp_path):
     runs = synthetic_runs(tmp_path / "runs")
     runs[("dr_grpo", 0)] = tmp_path / "runs" / "dr_grpo" / "seed0"  # no metrics.csv: skipped with a warning
     with pytest.warns(UserWarning, match="no metrics.csv"):
-        out = ablate.summarize(runs, tmp_path, name="abl", last_k=2, advantages=["grpo", "dr_grpo", "ema_grpo"], seeds=[0, 1])
+        out = ablate.summarize(
+            runs, tmp_path, name="abl", last_k=2, advantages=["grpo", "dr_grpo", "ema_grpo"], seeds=[0, 1]
+        )
     png = Image.open(out["plot"])
     assert png.format == "PNG" and png.size[0] > 400
     table = Path(out["table"]).read_text()
@@ -172,18 +185,39 @@ def test_build_fit_args(tmp_path, monkeypatch):
     configs = write_configs(tmp_path)
     wandb_args, callbacks = configured_wandb(configs), configured_callbacks(configs)
     assert wandb_args["project"] == "p"
-    assert [c["class_path"].split(".")[-1] for c in callbacks] == ["TaskRewardStatsCallback", "ModelCheckpoint"]
+    assert [c["class_path"].split(".")[-1] for c in callbacks] == [
+        "TaskRewardStatsCallback",
+        "ModelCheckpoint",
+    ]
     run_dir = tmp_path / "out" / "dr_grpo" / "seed3"
-    args = build_fit_args(configs, "dr_grpo", 3, run_dir, "abl", ["--trainer.max_steps=2"], wandb_args, callbacks)
-    assert args[:6] == ["fit", "--config", str(configs[0]), "--config", str(configs[1]), "--trainer.max_steps=2"]
+    args = build_fit_args(
+        configs, "dr_grpo", 3, run_dir, "abl", ["--trainer.max_steps=2"], wandb_args, callbacks
+    )
+    assert args[:6] == [
+        "fit",
+        "--config",
+        str(configs[0]),
+        "--config",
+        str(configs[1]),
+        "--trainer.max_steps=2",
+    ]
     assert "--model.init_args.advantage=dr_grpo" in args
     assert "--seed_everything=3" in args and "--model.init_args.seed=3" in args and "--data.seed=3" in args
     assert f"--trainer.default_root_dir={run_dir}" in args
     loggers = json.loads(next(a for a in args if a.startswith("--trainer.logger=")).split("=", 1)[1])
-    assert loggers[0] == {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir), "name": "csv", "version": 0}}
+    assert loggers[0] == {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(run_dir), "name": "csv", "version": 0},
+    }
     w = loggers[1]["init_args"]
     assert loggers[1]["class_path"].endswith("WandbLogger")
-    assert (w["group"], w["name"], w["save_dir"], w["offline"], w["project"]) == ("abl", "dr_grpo-seed3", str(run_dir), True, "p")
+    assert (w["group"], w["name"], w["save_dir"], w["offline"], w["project"]) == (
+        "abl",
+        "dr_grpo-seed3",
+        str(run_dir),
+        True,
+        "p",
+    )
     assert w["tags"] == ["demo", "ablation", "dr_grpo"]
     cbs = json.loads(next(a for a in args if a.startswith("--trainer.callbacks=")).split("=", 1)[1])
     assert cbs[1]["init_args"] == {"dirpath": str(run_dir / "checkpoints"), "save_last": True}
@@ -220,8 +254,22 @@ def test_run_ablation_with_fake_fit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ablate.subprocess, "run", fake_run)
     out = tmp_path / "abl"
-    result = run_ablation([str(c) for c in configs], ["grpo", "dr_grpo", "ema_grpo"], 2, str(out), ["--trainer.max_steps=4"], last_k=2)
-    assert calls == [("grpo", 0), ("grpo", 1), ("dr_grpo", 0), ("dr_grpo", 1), ("ema_grpo", 0), ("ema_grpo", 1)]
+    result = run_ablation(
+        [str(c) for c in configs],
+        ["grpo", "dr_grpo", "ema_grpo"],
+        2,
+        str(out),
+        ["--trainer.max_steps=4"],
+        last_k=2,
+    )
+    assert calls == [
+        ("grpo", 0),
+        ("grpo", 1),
+        ("dr_grpo", 0),
+        ("dr_grpo", 1),
+        ("ema_grpo", 0),
+        ("ema_grpo", 1),
+    ]
     assert result["name"] == "abl" and result["failed"] == ["dr_grpo/seed1"]
     assert (out / "grpo" / "seed0" / "DONE").exists() and not (out / "dr_grpo" / "seed1" / "DONE").exists()
     assert "boom" in (out / "dr_grpo" / "seed1" / "fit.log").read_text()
@@ -233,7 +281,9 @@ def test_run_ablation_with_fake_fit(tmp_path, monkeypatch):
 
     # skip_done keeps finished runs and reruns the failed one only
     calls.clear()
-    run_ablation([str(c) for c in configs], ["grpo", "dr_grpo", "ema_grpo"], 2, str(out), [], last_k=2, skip_done=True)
+    run_ablation(
+        [str(c) for c in configs], ["grpo", "dr_grpo", "ema_grpo"], 2, str(out), [], last_k=2, skip_done=True
+    )
     assert calls == [("dr_grpo", 1)]
 
 
@@ -249,14 +299,37 @@ def test_cli_ablate_subcommand(monkeypatch, tmp_path):
         return {"plot": str(tmp_path / "p.png"), "table": str(table), "failed": []}
 
     monkeypatch.setattr(ablate, "run_ablation", fake)
-    rc = cli.main(["ablate", "--config", "a.yaml", "--config", "b.yaml", "--advantages", "grpo,ema_grpo", "--seeds", "2",
-                   "--out", "o", "--last-k", "3", "--", "--trainer.max_steps=5", "--data.batch_size", "2"])
+    rc = cli.main(
+        [
+            "ablate",
+            "--config",
+            "a.yaml",
+            "--config",
+            "b.yaml",
+            "--advantages",
+            "grpo,ema_grpo",
+            "--seeds",
+            "2",
+            "--out",
+            "o",
+            "--last-k",
+            "3",
+            "--",
+            "--trainer.max_steps=5",
+            "--data.batch_size",
+            "2",
+        ]
+    )
     assert rc == 0
     assert seen["configs"] == ["a.yaml", "b.yaml"] and seen["advantages"] == ["grpo", "ema_grpo"]
     assert seen["seeds"] == 2 and seen["out"] == "o" and seen["last_k"] == 3
     assert seen["extra"] == ["--trainer.max_steps=5", "--data.batch_size", "2"]
     cli.main(["ablate", "--config", "a.yaml", "--seeds", "3,7", "--out", "o"])
-    assert seen["seeds"] == [3, 7] and seen["advantages"] == ["grpo", "dr_grpo", "ema_grpo"] and seen["extra"] == []
+    assert (
+        seen["seeds"] == [3, 7]
+        and seen["advantages"] == ["grpo", "dr_grpo", "ema_grpo"]
+        and seen["extra"] == []
+    )
 
 
 @pytest.mark.slow
@@ -274,7 +347,16 @@ def test_fit_args_parse_in_lightning_cli(tmp_path, capsys, monkeypatch):
     )
     configs.append(tmp_path / "model.yaml")
     run_dir = tmp_path / "out" / "grpo" / "seed4"
-    args = build_fit_args(configs, "grpo", 4, run_dir, "abl", ["--trainer.max_steps=3"], configured_wandb(configs), configured_callbacks(configs))
+    args = build_fit_args(
+        configs,
+        "grpo",
+        4,
+        run_dir,
+        "abl",
+        ["--trainer.max_steps=3"],
+        configured_wandb(configs),
+        configured_callbacks(configs),
+    )
     with pytest.raises(SystemExit):
         run_lightning_cli([args[0], "--print_config", *args[1:]])
     import yaml
@@ -295,15 +377,26 @@ DEMO_INPUTS = (Path("outputs/demo/sft_hf"), Path("outputs/demo/synthetic/rl.json
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not DEMO.exists() or not all(p.exists() for p in DEMO_INPUTS),
-                    reason="needs experiments/demo/ema_grpo.yaml, the demo SFT export and the synthetic suite")
+@pytest.mark.skipif(
+    not DEMO.exists() or not all(p.exists() for p in DEMO_INPUTS),
+    reason="needs experiments/demo/ema_grpo.yaml, the demo SFT export and the synthetic suite",
+)
 def test_smoke_tiny_ablation(tmp_path):
     """Two estimators × one seed, two RL steps each, on the demo recipe."""
     result = run_ablation(
-        ["experiments/shared/trainer_cpu.yaml", str(DEMO)], ["grpo", "ema_grpo"], 1, str(tmp_path / "abl"),
-        ["--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--model.init_args.rollout.init_args.max_new_tokens=16"],
+        ["experiments/shared/trainer_cpu.yaml", str(DEMO)],
+        ["grpo", "ema_grpo"],
+        1,
+        str(tmp_path / "abl"),
+        [
+            "--trainer.max_steps=2",
+            "--trainer.log_every_n_steps=1",
+            "--model.init_args.rollout.init_args.max_new_tokens=16",
+        ],
         last_k=1,
     )
-    assert result["failed"] == [], [Path(r["log"]).read_text()[-3000:] for r in result["runs"] if r["returncode"]]
+    assert result["failed"] == [], [
+        Path(r["log"]).read_text()[-3000:] for r in result["runs"] if r["returncode"]
+    ]
     assert Path(result["plot"]).exists()
     assert {"grpo", "ema_grpo"} <= set(result["final"]["all"])

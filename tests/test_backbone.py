@@ -19,7 +19,9 @@ from lightning_modules.backbone import (
     LoraSettings,
     VisionLanguageBackbone,
     gather_token_logprobs,
+    placeholder_row,
     response_mask,
+    vision_grad_anchor,
 )
 from lightning_modules.processing import VISION_TOKENS
 from tests.numerics import FLOAT64_TOLERANCE, batch_to
@@ -421,6 +423,22 @@ def test_freezing_defaults_and_set_trainable(family: str):
     assert all(unfrozen["tower"].values()) and not any(unfrozen["projector"].values())
 
 
+def test_vision_grad_anchor_gives_text_batches_a_zero_vision_gradient(sft_records):
+    """A text-only batch reaches no vision parameter; with the anchor every trainable one gets a zero
+    gradient (the loss is unchanged), frozen ones none. A batch with media needs no anchor."""
+    bb = VisionLanguageBackbone("tiny", freeze_vision_tower=False, freeze_projector=True)
+    text, scored = placeholder_row(bb, torch.device("cpu"))
+    loss = bb.token_logprobs(text, scored).sum()
+    anchored = loss + vision_grad_anchor(bb, text)
+    assert float(anchored) == float(loss)
+    anchored.backward()
+    visual = dict(VisionLanguageBackbone._visual(bb.model).named_parameters())
+    trainable = [p for p in visual.values() if p.requires_grad]
+    assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
+    assert all(p.grad is None for p in visual.values() if not p.requires_grad)
+    assert vision_grad_anchor(bb, make_batch(bb, sft_records, ("image",))) == 0.0
+
+
 # --------------------------------------------------------------------------- gradient checkpointing
 
 
@@ -444,7 +462,9 @@ def counted(fn, calls: dict[str, int], key: str):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gradient_checkpointing_matches_plain_backward(sft_records, family: str):
     plain = VisionLanguageBackbone("tiny", family=family, freeze_projector=False).double()
-    ckpt = VisionLanguageBackbone("tiny", family=family, freeze_projector=False, gradient_checkpointing=True).double()
+    ckpt = VisionLanguageBackbone(
+        "tiny", family=family, freeze_projector=False, gradient_checkpointing=True
+    ).double()
     batch = batch_to(make_batch(plain, sft_records, ("image", "text")), torch.float64)
     calls = {"plain": 0, "ckpt": 0}
     for key, bb in (("plain", plain), ("ckpt", ckpt)):

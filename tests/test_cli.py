@@ -37,12 +37,28 @@ def test_offline_tokenizer_matches_qwen_tiktoken(tokenizer):
 
     reference = get_tokenizer("qwen")
     rng = random.Random(0)
-    alphabet = "abc xyz ÄÖü 中文 123 \n\t<>/{}[]\":,.éñ🙂"
+    alphabet = 'abc xyz ÄÖü 中文 123 \n\t<>/{}[]":,.éñ🙂'
     for _ in range(200):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60)))
         assert tokenizer.encode(text, add_special_tokens=False) == reference.encode(text)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|video_pad|>", "<think>"]
-    assert tokenizer.convert_tokens_to_ids(specials) == [151643, 151644, 151645, 151652, 151655, 151656, 151667]
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+        "<think>",
+    ]
+    assert tokenizer.convert_tokens_to_ids(specials) == [
+        151643,
+        151644,
+        151645,
+        151652,
+        151655,
+        151656,
+        151667,
+    ]
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
 
 

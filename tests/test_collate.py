@@ -27,8 +27,16 @@ def record(media_dir: Path, kind: str, **fields):
 
 def rl(media_dir: Path, problem_type: str, data_type: str, problem: str, media: list[str], pid: int = 1):
     return record(
-        media_dir, "rl", problem_id=pid, problem=problem, data_type=data_type, problem_type=problem_type,
-        options=[], data_source="unit", answer="<answer>1</answer>", **{f"{data_type}s": media},
+        media_dir,
+        "rl",
+        problem_id=pid,
+        problem=problem,
+        data_type=data_type,
+        problem_type=problem_type,
+        options=[],
+        data_source="unit",
+        answer="<answer>1</answer>",
+        **{f"{data_type}s": media},
     )
 
 
@@ -36,7 +44,14 @@ def rl(media_dir: Path, problem_type: str, data_type: str, problem: str, media: 
 def mixed(media_dir: Path):
     return [
         rl(media_dir, "spatial grounding", "image", "<image>Where is it?", ["a.png"], 1),
-        rl(media_dir, "temporal grounding", "video", "<video>When does the bar pass the middle?", ["bar.mp4"], 2),
+        rl(
+            media_dir,
+            "temporal grounding",
+            "video",
+            "<video>When does the bar pass the middle?",
+            ["bar.mp4"],
+            2,
+        ),
         rl(media_dir, "math", "image", "What is 2+2?", [], 3),
     ]
 
@@ -46,7 +61,15 @@ def test_mixed_batch_keys_and_token_counts(media_dir: Path, mixed, family: str, 
     proc = processor if family == "qwen3_vl" else processor_25
     media = stage_media("rl", family)
     batch = Collator(proc, "rl")([build_example(r, "rl", media) for r in mixed])
-    for key in ("input_ids", "attention_mask", "pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "mm_token_type_ids"):
+    for key in (
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "pixel_values_videos",
+        "image_grid_thw",
+        "video_grid_thw",
+        "mm_token_type_ids",
+    ):
         assert batch[key] is not None, key
     ids, tok = batch["input_ids"], proc.tokenizer
     image_id, video_id = tok.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
@@ -83,19 +106,27 @@ def test_qwen3_video_prompt_carries_timestamps(media_dir: Path, mixed, processor
 
 
 def test_sft_labels_cover_only_the_assistant_turn(media_dir: Path, processor):
-    answer = "<think>The square is left.</think><answer>{\"boxes\": [1, 2, 3, 4]}</answer>"
+    answer = '<think>The square is left.</think><answer>{"boxes": [1, 2, 3, 4]}</answer>'
     rec = record(
-        media_dir, "sft",
-        messages=[{"role": "user", "content": sft_user_content("Where?", "spatial grounding", "image")},
-                  {"role": "assistant", "content": answer}],
+        media_dir,
+        "sft",
+        messages=[
+            {"role": "user", "content": sft_user_content("Where?", "spatial grounding", "image")},
+            {"role": "assistant", "content": answer},
+        ],
         images=["a.png"],
     )
     text_only = record(
-        media_dir, "sft",
-        messages=[{"role": "user", "content": sft_user_content("2+2?", "numerical", "image")[len("<image>"):]},
-                  {"role": "assistant", "content": "<think>four</think><answer>4</answer>"}],
+        media_dir,
+        "sft",
+        messages=[
+            {"role": "user", "content": sft_user_content("2+2?", "numerical", "image")[len("<image>") :]},
+            {"role": "assistant", "content": "<think>four</think><answer>4</answer>"},
+        ],
     )
-    batch = Collator(processor, "sft")([build_example(r, "sft", stage_media("sft")) for r in (rec, text_only)])
+    batch = Collator(processor, "sft")(
+        [build_example(r, "sft", stage_media("sft")) for r in (rec, text_only)]
+    )
     labels = batch["labels"]
     tok = processor.tokenizer
     first = labels[0][labels[0] != IGNORE_INDEX]

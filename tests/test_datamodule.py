@@ -28,8 +28,16 @@ def ids_of(batch) -> list[int]:
 
 @pytest.mark.parametrize("mode", ["rl", "sft"])
 def test_train_batches_mix_images_and_videos(suite, processor, mode: str):
-    dm = make(suite, processor, mode=mode, train=mode, batch_size=6, samples_per_epoch=12, seed=1,
-              weights={"data_type": {"image": 1, "video": 1}})
+    dm = make(
+        suite,
+        processor,
+        mode=mode,
+        train=mode,
+        batch_size=6,
+        samples_per_epoch=12,
+        seed=1,
+        weights={"data_type": {"image": 1, "video": 1}},
+    )
     batches = list(dm.train_dataloader())
     assert len(batches) == 2
     kinds = {m["data_type"] for b in batches for m in b["meta"]}
@@ -72,12 +80,16 @@ def test_bad_media_skipped_and_counted(suite, processor, tmp_path: Path):
     manifest = tmp_path / "rl.json"
     root = suite["rl"].parent
     manifest.write_text(json.dumps([broken, records[0]]))
-    dm = OneThinkerDataModule(mode="rl", val_manifests=[str(manifest)], media_root=str(root), batch_size=2, on_bad_media="skip")
+    dm = OneThinkerDataModule(
+        mode="rl", val_manifests=[str(manifest)], media_root=str(root), batch_size=2, on_bad_media="skip"
+    )
     dm.connect(processor)
     batch = dm.on_before_batch_transfer(next(iter(dm.val_dataloader())), 0)
     assert ids_of(batch) == [records[0]["problem_id"]]
     assert dm.skipped == {f"bad_media/{video['problem_type']}/video": 1}
-    strict = OneThinkerDataModule(mode="rl", val_manifests=[str(manifest)], media_root=str(root), batch_size=2)
+    strict = OneThinkerDataModule(
+        mode="rl", val_manifests=[str(manifest)], media_root=str(root), batch_size=2
+    )
     strict.connect(processor)
     with pytest.raises(Exception, match="does/not/exist.mp4"):
         next(iter(strict.val_dataloader()))

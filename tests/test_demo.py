@@ -25,7 +25,9 @@ def test_run_demo_sets_threads_per_stage_and_reports_stage_times(monkeypatch, tm
         value = 0.25 if name == "eval_before" else 0.5
         return {"val/reward/overall": value, "val/sampled_reward/overall": value / 2}
 
-    monkeypatch.setattr(demo, "generate_suite", stage("suite", {"rl": "rl.json", "sft": "sft.json", "eval": "eval.json"}))
+    monkeypatch.setattr(
+        demo, "generate_suite", stage("suite", {"rl": "rl.json", "sft": "sft.json", "eval": "eval.json"})
+    )
     monkeypatch.setattr(demo, "show_batches", stage("batches"))
     monkeypatch.setattr(demo, "run_sft_demo", stage("sft", tmp_path / "sft_hf"))
     monkeypatch.setattr(demo, "evaluate_rewards", stage("eval", rewards))
@@ -36,7 +38,14 @@ def test_run_demo_sets_threads_per_stage_and_reports_stage_times(monkeypatch, tm
     finally:
         torch.set_num_threads(threads)
 
-    assert seen == [("suite", threads), ("batches", threads), ("sft", 2), ("eval", 1), ("grpo", 1), ("eval", 1)]
+    assert seen == [
+        ("suite", threads),
+        ("batches", threads),
+        ("sft", 2),
+        ("eval", 1),
+        ("grpo", 1),
+        ("eval", 1),
+    ]
     assert out["before"]["val/reward/overall"] == 0.25 and out["after"]["val/reward/overall"] == 0.5
     table = (tmp_path / "rewards_before_after.md").read_text()
     assert "| **all** | 0.125 | 0.250 | +0.125 | 0.250 | 0.500 | +0.250 |" in table

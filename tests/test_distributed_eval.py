@@ -72,7 +72,11 @@ def test_sharded_evaluation_answers_equal_one_process(tmp_path: Path):
     runs = {}
     for devices in (1, 2):
         out = tmp_path / f"out{devices}"
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"] if devices > 1 else [sys.executable]
+        launcher = (
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+            if devices > 1
+            else [sys.executable]
+        )
         try:
             proc = subprocess.run([*launcher, str(script), str(manifest), str(out), str(devices)],
                                   cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip

@@ -33,7 +33,9 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_rank_without_kept_groups_finishes_and_matches_one_process(one_process, strategy: str, tmp_path: Path):
+def test_rank_without_kept_groups_finishes_and_matches_one_process(
+    one_process, strategy: str, tmp_path: Path
+):
     one = one_process
     two = run(tmp_path / "two", 2, strategy)
     assert len(one) == len(two) == 2
@@ -43,7 +45,9 @@ def test_rank_without_kept_groups_finishes_and_matches_one_process(one_process, 
     for step, (a, b) in enumerate(zip(one, two)):
         assert b["advantages"] == pytest.approx(a["advantages"], abs=1e-12), step
         assert b["ema"] == a["ema"] or _close(b["ema"], a["ema"]), step
-        assert len(b["update_losses"]) == len(a["update_losses"]) == len(a["kept"]), step  # prompts_per_update=1
+        assert len(b["update_losses"]) == len(a["update_losses"]) == len(a["kept"]), (
+            step
+        )  # prompts_per_update=1
         # FSDP2 reduce-scatters gradients in another order than one process sums them: float32 rounding.
         assert b["update_losses"] == pytest.approx(a["update_losses"], abs=1e-5), step
         assert any(abs(v) > 1e-4 for v in a["update_losses"]), "the losses must be non-trivial to compare"
@@ -90,6 +94,26 @@ def test_rank_whose_batch_was_all_skipped_joins_with_a_placeholder(strategy: str
     one = run(tmp_path / "one", 1, "ddp", "--drop", "1")
     two = run(tmp_path / "two", 2, strategy, "--drop", "1")
     assert [k[0] for k in two[1]["kept"]] == [1, 1] and len(one[1]["kept"]) == 2
+    for step, (a, b) in enumerate(zip(one, two)):
+        assert b["advantages"] == pytest.approx(a["advantages"], abs=1e-12), step
+        assert b["update_losses"] == pytest.approx(a["update_losses"], abs=1e-5), step
+
+
+@pytest.fixture(scope="module")
+def one_process_vision(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    return run(tmp_path_factory.mktemp("one_vision"), 1, "ddp", "--drop", "1", "--repeats", "2", "--images")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_trainable_vision_tower_with_a_text_only_rank(one_process_vision, strategy: str, tmp_path: Path):
+    """Prompts with images and the vision tower trained; in RL step 2 rank 0 runs a text-only
+    placeholder row, which does not reach the tower while rank 1's rows do. The ranks still reduce
+    the same gradients (vision_grad_anchor; without it gloo reports a broken collective), and steps 3
+    and 4, which run on the tower that step 2 updated, equal one process."""
+    one = one_process_vision
+    two = run(tmp_path / "two", 2, strategy, "--drop", "1", "--repeats", "2", "--images")
+    assert len(one) == len(two) == 4 and [k[0] for k in two[1]["kept"]] == [1, 1]
     for step, (a, b) in enumerate(zip(one, two)):
         assert b["advantages"] == pytest.approx(a["advantages"], abs=1e-12), step
         assert b["update_losses"] == pytest.approx(a["update_losses"], abs=1e-5), step

@@ -41,9 +41,22 @@ def test_two_node_torchrun_fit_and_export(tmp_path: Path):
     ]  # fmt: skip
     launchers = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
-             "--master-addr=127.0.0.1", f"--master-port={port}", *fit],  # fmt: skip
-            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={rank}",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                *fit,
+            ],  # fmt: skip
+            cwd=tmp_path,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for rank in (0, 1)
     ]
@@ -67,7 +80,11 @@ def test_two_node_torchrun_fit_and_export(tmp_path: Path):
     assert ckpt.is_dir() and len(list(ckpt.glob("*.distcp"))) == 2, list(ckpt.parent.rglob("*"))
     exported = subprocess.run(
         [sys.executable, "-m", "experiments.cli", "export", str(ckpt), "--out", str(tmp_path / "hf")],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
     from transformers import AutoModelForImageTextToText

@@ -22,7 +22,12 @@ GPU_RECIPES = sorted(EXPERIMENTS.glob("*.yaml"))
 def onethinker(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "experiments.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "experiments.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -30,7 +35,9 @@ def config_args(paths: list[Path]) -> list[str]:
     return [a for p in paths for a in ("--config", str(p))]
 
 
-@pytest.mark.parametrize("path", sorted(EXPERIMENTS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(EXPERIMENTS)))
+@pytest.mark.parametrize(
+    "path", sorted(EXPERIMENTS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(EXPERIMENTS))
+)
 def test_every_yaml_parses(path: Path):
     data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict) and data
@@ -67,13 +74,19 @@ def recipe_overrides(recipe: Path, paths: dict[str, Path]) -> list[str]:
 @pytest.mark.parametrize("recipe", CPU_RECIPES, ids=lambda p: p.name)
 def test_cpu_recipe_fast_dev_run(recipe: Path, suite_paths: dict[str, Path], tmp_path: Path):
     result = onethinker(
-        "fit", *config_args([*SHARED_CPU, EXPERIMENTS / "shared" / "logger_demo.yaml", recipe]),
-        "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+        "fit",
+        *config_args([*SHARED_CPU, EXPERIMENTS / "shared" / "logger_demo.yaml", recipe]),
+        "--trainer.fast_dev_run=2",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=false",
         *recipe_overrides(recipe, suite_paths),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Trainer.fit` stopped" in result.stdout + result.stderr or "fast_dev_run" in result.stdout + result.stderr
+    assert (
+        "Trainer.fit` stopped" in result.stdout + result.stderr
+        or "fast_dev_run" in result.stdout + result.stderr
+    )
 
 
 SHARDED_TRAINERS = {"trainer_fsdp.yaml": (1, "auto"), "trainer_hsdp.yaml": ("auto", "auto")}
@@ -106,7 +119,9 @@ def test_sft_8b_recipe_matches_paper():
     cfg = yaml.safe_load((EXPERIMENTS / "sft_qwen3vl_8b.yaml").read_text())
     backbone = cfg["model"]["init_args"]["backbone"]["init_args"]
     assert backbone["model_name_or_path"] == "Qwen/Qwen3-VL-8B-Instruct"
-    assert backbone["freeze_vision_tower"] and backbone["freeze_projector"] and backbone["dtype"] == "bfloat16"
+    assert (
+        backbone["freeze_vision_tower"] and backbone["freeze_projector"] and backbone["dtype"] == "bfloat16"
+    )
     assert cfg["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(1e-5)
     assert cfg["model"]["init_args"]["schedule"] == {"name": "cosine", "warmup_ratio": 0.02}
     assert cfg["data"]["max_length"] == 16384
@@ -133,10 +148,15 @@ def test_export_round_trip_matches_logits(suite: Path, tmp_path: Path):
     from lightning_modules.backbone import VisionLanguageBackbone
 
     result = onethinker(
-        "fit", *config_args([*SHARED_CPU, EXPERIMENTS / "demo" / "sft.yaml"]),
-        "--trainer.max_steps=2", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+        "fit",
+        *config_args([*SHARED_CPU, EXPERIMENTS / "demo" / "sft.yaml"]),
+        "--trainer.max_steps=2",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=false",
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-        f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}", f"--data.train_manifests=[{suite}]", "--data.num_workers=0",
+        f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}",
+        f"--data.train_manifests=[{suite}]",
+        "--data.num_workers=0",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -148,9 +168,11 @@ def test_export_round_trip_matches_logits(suite: Path, tmp_path: Path):
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     state, init = saved["state_dict"], saved["backbone_init"]
     trained = VisionLanguageBackbone(**init)
-    trained.load_state_dict({k[len("backbone."):]: v for k, v in state.items()}, strict=False)
+    trained.load_state_dict({k[len("backbone.") :]: v for k, v in state.items()}, strict=False)
     fresh = VisionLanguageBackbone(**init)
-    assert not torch.equal(fresh.hf_model.lm_head.weight, trained.hf_model.lm_head.weight)  # training moved it
+    assert not torch.equal(
+        fresh.hf_model.lm_head.weight, trained.hf_model.lm_head.weight
+    )  # training moved it
 
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
@@ -171,7 +193,12 @@ def test_ablation_arm_differs_only_in_advantage(arm: str, tmp_path: Path):
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["init_args"]["advantage"] == arm
     recipe = yaml.safe_load((EXPERIMENTS / "demo" / "ema_grpo.yaml").read_text())["model"]["init_args"]
-    for key in ("rollouts_per_prompt", "prompts_per_update", "filter_band", "clip_high"):  # the rest is the recipe's
+    for key in (
+        "rollouts_per_prompt",
+        "prompts_per_update",
+        "filter_band",
+        "clip_high",
+    ):  # the rest is the recipe's
         assert printed["model"]["init_args"][key] == recipe[key]
 
 

@@ -54,8 +54,14 @@ def write_manifest(path: Path, records: list[dict[str, Any]]) -> str:
     return str(path)
 
 
-def rl_record(pid: int, problem_type: str, answer: str, image: str | None = None, video: str | None = None,
-              options: list[str] | None = None) -> dict[str, Any]:
+def rl_record(
+    pid: int,
+    problem_type: str,
+    answer: str,
+    image: str | None = None,
+    video: str | None = None,
+    options: list[str] | None = None,
+) -> dict[str, Any]:
     """An RL record; with neither image nor video it is text only."""
     rec: dict[str, Any] = {
         "problem_id": pid, "problem": f"Question {pid}: which one?", "data_type": "video" if video else "image",
@@ -123,7 +129,9 @@ def toy_accuracy(pred: str, gt: str, variant: str = "released") -> float:
 def toy_rewards():
     """Test rewards for image OCR and image numerical questions (they shadow the built-ins)."""
     for problem_type in ("ocr", "numerical"):
-        rewards.register_reward(problem_type, data_type="image", structure=0.0, check_answer=lambda gt: None)(toy_accuracy)
+        rewards.register_reward(problem_type, data_type="image", structure=0.0, check_answer=lambda gt: None)(
+            toy_accuracy
+        )
     yield
     for problem_type in ("ocr", "numerical"):
         rewards.unregister_reward(problem_type, data_type="image")
@@ -141,7 +149,12 @@ def media_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     for name in ("one", "two"):  # same size, different content: swapping them must show
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / f"{name}.png")
     write_bar_video(root / "bar.mp4", frames=16, fps=8, width=64, height=64)
-    return {"one": str(root / "one.png"), "two": str(root / "two.png"), "video": str(root / "bar.mp4"), "root": str(root)}
+    return {
+        "one": str(root / "one.png"),
+        "two": str(root / "two.png"),
+        "video": str(root / "bar.mp4"),
+        "root": str(root),
+    }
 
 
 def mixed_prompts(backbone: VisionLanguageBackbone, media_files: dict[str, str]) -> dict[str, Any]:
@@ -154,7 +167,9 @@ def mixed_prompts(backbone: VisionLanguageBackbone, media_files: dict[str, str])
     ]
     path = write_manifest(Path(media_files["root"]) / f"mixed_{backbone.family}.json", recs)
     media = tiny_media(backbone.family)
-    return Collator(backbone.processor, "rl")([build_example(r, "rl", media) for r in load_records(path, "rl")])
+    return Collator(backbone.processor, "rl")(
+        [build_example(r, "rl", media) for r in load_records(path, "rl")]
+    )
 
 
 @pytest.mark.parametrize("family", ("qwen3_vl", "qwen2_5_vl"))
@@ -175,8 +190,11 @@ def test_select_rows_and_repeat_prompts_keep_media_aligned(media_files, family: 
                 assert sub["pixel_values_videos"] is None and sub["video_grid_thw"] is None
         rep = repeat_prompts(batch, 3)
         assert [m["problem_id"] for m in rep["meta"]] == [r for r in range(4) for _ in range(3)]
-        torch.testing.assert_close(backbone.token_logprobs(rep, rep["attention_mask"].bool()),
-                                   full.repeat_interleave(3, dim=0), **FLOAT64_MODEL_TOLERANCE)
+        torch.testing.assert_close(
+            backbone.token_logprobs(rep, rep["attention_mask"].bool()),
+            full.repeat_interleave(3, dim=0),
+            **FLOAT64_MODEL_TOLERANCE,
+        )
 
         # The check can see misalignment: the two images' patches swapped change the image rows.
         swapped = dict(batch)
@@ -241,10 +259,14 @@ def letter_prior(tmp_path_factory: pytest.TempPathFactory):
     """
     root = tmp_path_factory.mktemp("letters")
     options = ["A. red", "B. blue", "C. green", "D. pink"]
-    manifest = write_manifest(root / "rl.json", [rl_record(i, "multiple choice", "B", options=options) for i in range(4)])
+    manifest = write_manifest(
+        root / "rl.json", [rl_record(i, "multiple choice", "B", options=options) for i in range(4)]
+    )
     backbone = VisionLanguageBackbone("tiny", seed=0)
     media = stage_media("rl")
-    prompts = Collator(backbone.processor, "rl")([build_example(r, "rl", media) for r in load_records(manifest, "rl")])
+    prompts = Collator(backbone.processor, "rl")(
+        [build_example(r, "rl", media) for r in load_records(manifest, "rl")]
+    )
     tok = backbone.tokenizer
     letters = tok.convert_tokens_to_ids(list(LETTERS))
     end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -253,7 +275,11 @@ def letter_prior(tmp_path_factory: pytest.TempPathFactory):
     mask = torch.cat([prompts["attention_mask"], torch.ones(n, 2, dtype=torch.long)], 1)
     opt = torch.optim.Adam(backbone.parameters(), lr=3e-2)
     for _ in range(WARM_STEPS):
-        logp = backbone.hf_model.lm_head(backbone({"input_ids": ids, "attention_mask": mask})[:, -3:-1]).float().log_softmax(-1)
+        logp = (
+            backbone.hf_model.lm_head(backbone({"input_ids": ids, "attention_mask": mask})[:, -3:-1])
+            .float()
+            .log_softmax(-1)
+        )
         loss = -(logp[:, 0, letters].mean() + logp[:, 1, end].mean())
         opt.zero_grad()
         loss.backward()
@@ -262,7 +288,9 @@ def letter_prior(tmp_path_factory: pytest.TempPathFactory):
     return {"manifest": manifest, "prompts": prompts, "state": state, "letters": letters}
 
 
-def letter_probs(backbone: VisionLanguageBackbone, prompts: dict[str, Any], letters: list[int]) -> torch.Tensor:
+def letter_probs(
+    backbone: VisionLanguageBackbone, prompts: dict[str, Any], letters: list[int]
+) -> torch.Tensor:
     """Exact mean probability of each letter as the first response token, over the prompts."""
     with torch.no_grad():
         logits = backbone.hf_model.lm_head(backbone(prompts)[:, -1]).float()
@@ -274,8 +302,12 @@ def sampled_reward(backbone: VisionLanguageBackbone, prompts: dict[str, Any], n:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
         ro = HFGenerateEngine(max_new_tokens=4)(backbone, prompts, n)
-    results = rewards.score_batch(ro.responses, [m["answer"] for m in ro.meta], [m["problem_type"] for m in ro.meta],
-                                  [m["data_type"] for m in ro.meta])
+    results = rewards.score_batch(
+        ro.responses,
+        [m["answer"] for m in ro.meta],
+        [m["problem_type"] for m in ro.meta],
+        [m["data_type"] for m in ro.meta],
+    )
     return float(np.mean([r.overall for r in results]))
 
 
@@ -295,7 +327,9 @@ def test_grpo_learns_to_answer_b(letter_prior, advantage: str):
         optimizer=lambda p: torch.optim.AdamW(p, lr=5e-3, weight_decay=0.0),
     )  # fmt: skip
     spy = LogSpy(module)
-    dm = OneThinkerDataModule(mode="rl", train_manifests=[letter_prior["manifest"]], batch_size=2, samples_per_epoch=64)
+    dm = OneThinkerDataModule(
+        mode="rl", train_manifests=[letter_prior["manifest"]], batch_size=2, samples_per_epoch=64
+    )
     dm.connect(backbone.processor)
     trainer(2 * LEARN_RL_STEPS, [TaskRewardStatsCallback()]).fit(module, dm)
 
@@ -304,8 +338,10 @@ def test_grpo_learns_to_answer_b(letter_prior, advantage: str):
     after = letter_probs(backbone, prompts, letters)
     reward_after = sampled_reward(backbone, prompts)
     train_rewards = logged["train/reward/overall"]
-    msg = f"{advantage}: P(letters) {before.tolist()} -> {after.tolist()}; sampled reward {reward_before:.3f} -> " \
-          f"{reward_after:.3f}; train rewards {[round(r, 2) for r in train_rewards]}"
+    msg = (
+        f"{advantage}: P(letters) {before.tolist()} -> {after.tolist()}; sampled reward {reward_before:.3f} -> "
+        f"{reward_after:.3f}; train rewards {[round(r, 2) for r in train_rewards]}"
+    )
     print(msg)
     # (with lr=0 every one of these fails: P(B) and the sampled reward stay put)
     assert after[1] > before[1] + 0.4, msg
@@ -320,12 +356,22 @@ def test_grpo_learns_to_answer_b(letter_prior, advantage: str):
 def mixed_task_manifest(root: Path, media_files: dict[str, str] | None = None) -> str:
     """OCR questions whose reward is always 0 (filtered) and numerical ones with mixed rewards (kept)."""
     image = media_files["one"] if media_files else None
-    recs = [rl_record(i, "OCR", "zero") for i in range(4)] + [rl_record(4 + i, "numerical", "mix", image=image) for i in range(4)]
+    recs = [rl_record(i, "OCR", "zero") for i in range(4)] + [
+        rl_record(4 + i, "numerical", "mix", image=image) for i in range(4)
+    ]
     return write_manifest(root / "mixed_tasks.json", recs)
 
 
-def grpo_run(manifest: str, max_steps: int, *, filter_groups: bool = True, ckpt_dir: Path | None = None,
-             ckpt_path: str | None = None, trainer_kw: dict[str, Any] | None = None, **module_kw: Any) -> tuple[GRPOModule, LogSpy, OneThinkerDataModule, TaskRewardStatsCallback, list]:
+def grpo_run(
+    manifest: str,
+    max_steps: int,
+    *,
+    filter_groups: bool = True,
+    ckpt_dir: Path | None = None,
+    ckpt_path: str | None = None,
+    trainer_kw: dict[str, Any] | None = None,
+    **module_kw: Any,
+) -> tuple[GRPOModule, LogSpy, OneThinkerDataModule, TaskRewardStatsCallback, list]:
     backbone = VisionLanguageBackbone("tiny", seed=0)
     kw: dict[str, Any] = dict(
         rollout=HFGenerateEngine(max_new_tokens=4), rollouts_per_prompt=4, advantage="ema_grpo", filter_groups=filter_groups,
@@ -343,13 +389,21 @@ def grpo_run(manifest: str, max_steps: int, *, filter_groups: bool = True, ckpt_
         return real_next()
 
     module._next_resample_batch = counted_next  # type: ignore[method-assign]
-    dm = OneThinkerDataModule(mode="rl", train_manifests=[manifest], batch_size=2, samples_per_epoch=32, seed=5,
-                              image_pixels=(4 * 32 * 32, 4 * 32 * 32))
+    dm = OneThinkerDataModule(
+        mode="rl",
+        train_manifests=[manifest],
+        batch_size=2,
+        samples_per_epoch=32,
+        seed=5,
+        image_pixels=(4 * 32 * 32, 4 * 32 * 32),
+    )
     dm.connect(backbone.processor)
     stats = TaskRewardStatsCallback()
     callbacks: list[L.Callback] = [stats]
     if ckpt_dir is not None:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1, filename="{step}"))
+        callbacks.append(
+            ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+        )
     trainer(max_steps, callbacks, enable_checkpointing=ckpt_dir is not None, **(trainer_kw or {})).fit(
         module, dm, ckpt_path=ckpt_path
     )
@@ -375,7 +429,9 @@ def test_online_filter_drops_all_zero_groups_and_tops_up(toy_rewards, tmp_path: 
     module, spy, _, _, resamples = grpo_run(manifest, 3, filter_groups=False)
     logged = spy.steps()
     assert resamples == []
-    assert set(logged["train/filter_pass_rate/OCR"]) == {1.0} == set(logged["train/filter_pass_rate/numerical"])
+    assert (
+        set(logged["train/filter_pass_rate/OCR"]) == {1.0} == set(logged["train/filter_pass_rate/numerical"])
+    )
     assert len(module.last_rollouts["meta"]) == 8
     assert len(logged["train/reward/overall/OCR"]) + len(logged["train/reward/overall/numerical"]) >= 3
     assert logged["train/zero_std_groups/OCR"] and set(logged["train/zero_std_groups/OCR"]) == {1.0}
@@ -388,7 +444,9 @@ def test_resume_continues_exactly(toy_rewards, media_files, tmp_path: Path):
     k, updates = 2, 2  # prompts_per_update=1: two optimizer steps per RL step
     manifest = mixed_task_manifest(tmp_path, media_files)
     kw: dict[str, Any] = dict(prompts_per_update=1, kl_coef=0.1)
-    full, full_spy, _, full_stats, full_resamples = grpo_run(manifest, (k + 1) * updates, ckpt_dir=tmp_path / "ckpt", **kw)
+    full, full_spy, _, full_stats, full_resamples = grpo_run(
+        manifest, (k + 1) * updates, ckpt_dir=tmp_path / "ckpt", **kw
+    )
     ckpt = tmp_path / "ckpt" / f"step={k * updates}.ckpt"
     assert ckpt.exists(), sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     resumed, spy, _, stats, resamples = grpo_run(manifest, (k + 1) * updates, ckpt_path=str(ckpt), **kw)
@@ -399,12 +457,16 @@ def test_resume_continues_exactly(toy_rewards, media_files, tmp_path: Path):
 
     last = (k + 1) * updates
     assert {s for s, _, _ in spy.calls} == {last}, "the resumed run must run step k+1 only"
-    assert resamples == [s for s in full_resamples if s == k * updates] and resamples, "resampling must be exercised"
+    assert resamples == [s for s in full_resamples if s == k * updates] and resamples, (
+        "resampling must be exercised"
+    )
     want, got = at(full_spy.calls, last), at(spy.calls, last)
     assert want.keys() == got.keys()
     assert abs(want["train/loss"]) > 1e-4 and want["train/kl"] > 0
     for name in want:
-        if not name.startswith(("train/step_seconds", "train/agreement_seconds", "train/generation_tokens_per_sec")):
+        if not name.startswith(
+            ("train/step_seconds", "train/agreement_seconds", "train/generation_tokens_per_sec")
+        ):
             assert got[name] == pytest.approx(want[name], abs=1e-6), name
     ema_full, ema_resumed = full_stats.ema.state_dict(), stats.ema.state_dict()
     assert ema_full["updates"] == {"numerical": k + 1}  # every step kept numerical groups only
@@ -418,8 +480,14 @@ def test_resume_continues_exactly(toy_rewards, media_files, tmp_path: Path):
 
 def test_kl_reference_is_frozen_and_starts_at_zero(toy_rewards, tmp_path: Path):
     manifest = mixed_task_manifest(tmp_path)
-    module, spy, _, _, _ = grpo_run(manifest, 3, filter_groups=False, kl_coef=0.1, advantage="grpo",
-                                    optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
+    module, spy, _, _, _ = grpo_run(
+        manifest,
+        3,
+        filter_groups=False,
+        kl_coef=0.1,
+        advantage="grpo",
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0),
+    )
     assert module.reference is not None
     kl = spy.steps()["train/kl"]
     assert len(kl) == 3 and abs(kl[0]) < 1e-6 and kl[-1] > 1e-6, kl
@@ -435,7 +503,9 @@ def test_kl_reference_is_frozen_and_starts_at_zero(toy_rewards, tmp_path: Path):
 
 def test_ema_grpo_without_the_stats_callback_fails_clearly(toy_rewards, tmp_path: Path):
     backbone = VisionLanguageBackbone("tiny", seed=0)
-    module = GRPOModule(backbone, rollout=HFGenerateEngine(max_new_tokens=2), rollouts_per_prompt=2, advantage="ema_grpo")
+    module = GRPOModule(
+        backbone, rollout=HFGenerateEngine(max_new_tokens=2), rollouts_per_prompt=2, advantage="ema_grpo"
+    )
     dm = OneThinkerDataModule(mode="rl", train_manifests=[mixed_task_manifest(tmp_path)], batch_size=2)
     dm.connect(backbone.processor)
     with pytest.raises(RuntimeError, match="TaskRewardStatsCallback"):

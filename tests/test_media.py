@@ -20,14 +20,21 @@ from tests.conftest import BAR_STEP, BAR_WIDTH
 
 def test_stage_budgets_follow_spec():
     rl, sft, ev = stage_media("rl"), stage_media("sft"), stage_media("eval", "qwen2_5_vl")
-    assert (rl.image.min_pixels, rl.image.max_pixels, rl.video_frame.min_pixels, rl.video_frame.max_pixels) == (3136, 1048576, 4096, 65536)
+    assert (
+        rl.image.min_pixels,
+        rl.image.max_pixels,
+        rl.video_frame.min_pixels,
+        rl.video_frame.max_pixels,
+    ) == (3136, 1048576, 4096, 65536)
     assert (sft.image.max_pixels, sft.video_frame.max_pixels) == (802816, 100352)
     assert (ev.image.max_pixels, ev.video_frame.max_pixels, ev.factor, rl.factor) == (1048576, 262144, 28, 32)
     assert rl.fps == 2.0 and rl.max_frames == 128
 
 
 @pytest.mark.parametrize("factor", [32, 28])
-@pytest.mark.parametrize(("h", "w", "lo", "hi"), [(480, 640, 3136, 65536), (40, 30, 4096, 65536), (2000, 3000, 3136, 1048576)])
+@pytest.mark.parametrize(
+    ("h", "w", "lo", "hi"), [(480, 640, 3136, 65536), (40, 30, 4096, 65536), (2000, 3000, 3136, 1048576)]
+)
 def test_fit_size_in_budget(factor: int, h: int, w: int, lo: int, hi: int):
     nh, nw = fit_size(h, w, PixelBudget(lo, hi), factor)
     assert nh % factor == 0 and nw % factor == 0
@@ -71,12 +78,15 @@ def test_video_max_frames_uniform(media_dir: Path):
     assert clip.timestamps == [i / 8.0 for i in clip.frame_indices]
 
 
-@pytest.mark.parametrize(("name", "loader", "message"), [
-    ("missing.png", "image", "image file not found"),
-    ("corrupt.png", "image", "cannot decode image"),
-    ("missing.mp4", "video", "video file not found"),
-    ("corrupt.mp4", "video", "cannot decode video"),
-])
+@pytest.mark.parametrize(
+    ("name", "loader", "message"),
+    [
+        ("missing.png", "image", "image file not found"),
+        ("corrupt.png", "image", "cannot decode image"),
+        ("missing.mp4", "video", "video file not found"),
+        ("corrupt.mp4", "video", "cannot decode video"),
+    ],
+)
 def test_bad_media_raise_media_error(media_dir: Path, name: str, loader: str, message: str):
     fn = load_image if loader == "image" else load_video
     with pytest.raises(MediaError, match=message) as info:

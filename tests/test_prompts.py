@@ -68,7 +68,9 @@ def test_prompt_matches_released_text(problem_type: str, data_type: str):
 
 def test_multiple_choice_options_spelled_out():
     text = format_user_turn("<image>Which?", "multiple choice", "image", ["A. cat", "B. dog", "C. cow"])
-    assert text.startswith("<image>Which?\nOptions:\nA. cat\nB. dog\nC. cow\nPlease answer this question based on the visual content.Provide")
+    assert text.startswith(
+        "<image>Which?\nOptions:\nA. cat\nB. dog\nC. cow\nPlease answer this question based on the visual content.Provide"
+    )
     assert text.endswith("Example:\n<answer>A</answer>")
 
 
@@ -94,7 +96,10 @@ def test_split_content_parts():
 
 def test_sft_user_content_starts_with_placeholder():
     content = sft_user_content("How many?", "numerical", "video")
-    assert content == "<video>" + QUESTION_TEMPLATE.replace("{Question}", "How many?") + TYPE_TEMPLATES["numerical"]
+    assert (
+        content
+        == "<video>" + QUESTION_TEMPLATE.replace("{Question}", "How many?") + TYPE_TEMPLATES["numerical"]
+    )
 
 
 def test_package_copy_is_the_released_file():

@@ -59,14 +59,20 @@ def test_loads_all_three_kinds(tmp_path: Path, jsonl: bool):
     assert isinstance(sft[0], SFTRecord) and sft[0].data_type == "video" and sft[0].problem_id == 0
     assert sft[0].target == "<think>t</think><answer>2</answer>"
     ev = load_records(write(tmp_path, "ev.json", [EVAL], jsonl), "eval")
-    assert isinstance(ev[0], EvalRecord) and ev[0].resolution == (64, 48) and ev[0].target == "<answer>{}</answer>"
+    assert (
+        isinstance(ev[0], EvalRecord)
+        and ev[0].resolution == (64, 48)
+        and ev[0].target == "<answer>{}</answer>"
+    )
 
 
 def test_media_root_overrides_manifest_folder(tmp_path: Path):
     path = write(tmp_path, "rl.json", [RL], False)
     assert load_records(path, "rl", media_root="/data/m")[0].media == (Path("/data/m/img/a.png"),)
     absolute = {**RL, "images": ["/abs/x.png"]}
-    assert load_records(write(tmp_path, "abs.json", [absolute], False), "rl")[0].media == (Path("/abs/x.png"),)
+    assert load_records(write(tmp_path, "abs.json", [absolute], False), "rl")[0].media == (
+        Path("/abs/x.png"),
+    )
 
 
 def test_sft_problem_type_inferred_from_template(tmp_path: Path):
@@ -162,11 +168,20 @@ def test_unknown_kind(tmp_path: Path):
 
 
 def test_tracking_frame_truth_checked(tmp_path: Path):
-    track = {**EVAL, "problem_type": "tracking", "data_type": "video", "fps": 2, "problem": "<video>Track it."}
+    track = {
+        **EVAL,
+        "problem_type": "tracking",
+        "data_type": "video",
+        "fps": 2,
+        "problem": "<video>Track it.",
+    }
     del track["segmentation_output"]
     good = {**track, "frame_boxes": [[0, 0, 10, 10], [1, 0, 10, 10]], "frame_absent": [0, 1]}
     record = load_records(write(tmp_path, "ok.json", [good], False), "eval")[0]
-    assert record.frame_boxes == ((0.0, 0.0, 10.0, 10.0), (1.0, 0.0, 10.0, 10.0)) and record.frame_absent == (0, 1)
+    assert record.frame_boxes == ((0.0, 0.0, 10.0, 10.0), (1.0, 0.0, 10.0, 10.0)) and record.frame_absent == (
+        0,
+        1,
+    )
     cases = [
         ({"frame_boxes": [[0, 0, 10]]}, "frame_boxes", "[x, y, w, h]"),
         ({"frame_boxes": [[0, 0, 10, True]]}, "frame_boxes", "[x, y, w, h]"),

@@ -47,12 +47,30 @@ class FakeWandbLogger(WandbLogger):
 
 def make_rollouts(media_dir: Path):
     metas = [
-        {"problem_id": "img-0", "problem_type": "multiple choice", "data_type": "image",
-         "media": [str(media_dir / "a.png")], "answer": "B", "timestamps": None},
-        {"problem_id": "vid-0", "problem_type": "temporal grounding", "data_type": "video",
-         "media": [str(media_dir / "bar.mp4")], "answer": "[1.0, 2.0]", "timestamps": [0.0, 1.0]},
-        {"problem_id": "seg-0", "problem_type": "segmentation", "data_type": "image",
-         "media": [str(media_dir / "b.png")], "answer": "x", "timestamps": None},
+        {
+            "problem_id": "img-0",
+            "problem_type": "multiple choice",
+            "data_type": "image",
+            "media": [str(media_dir / "a.png")],
+            "answer": "B",
+            "timestamps": None,
+        },
+        {
+            "problem_id": "vid-0",
+            "problem_type": "temporal grounding",
+            "data_type": "video",
+            "media": [str(media_dir / "bar.mp4")],
+            "answer": "[1.0, 2.0]",
+            "timestamps": [0.0, 1.0],
+        },
+        {
+            "problem_id": "seg-0",
+            "problem_type": "segmentation",
+            "data_type": "image",
+            "media": [str(media_dir / "b.png")],
+            "answer": "x",
+            "timestamps": None,
+        },
     ]
     rows_meta = [m for m in metas for _ in range(N)]
     # prompt: <|im_start|> <|image_pad|> x3, "what", "colour", "?"; response: 1 or 2 tokens, then padding
@@ -103,7 +121,9 @@ def make_rollouts(media_dir: Path):
 
 def fake_module(last):
     return SimpleNamespace(
-        last_rollouts=last, hparams={"task_key_by": "task"}, backbone=SimpleNamespace(tokenizer=FakeTokenizer())
+        last_rollouts=last,
+        hparams={"task_key_by": "task"},
+        backbone=SimpleNamespace(tokenizer=FakeTokenizer()),
     )
 
 
@@ -163,11 +183,20 @@ def test_wandb_table_columns_and_rows(media_dir, tmp_path):
     assert img["step"] == 5 and img["task"] == "multiple choice"
     assert isinstance(img["media"], wandb.Image)
     assert img["prompt"] == "<|im_start|><|image_pad|>whatcolour?"  # pads collapsed, response excluded
-    assert (img["reward_overall"], img["reward_accuracy"], img["reward_format"], img["reward_structure"]) == (1.0, 1.0, 1.0, 0.0)
+    assert (img["reward_overall"], img["reward_accuracy"], img["reward_format"], img["reward_structure"]) == (
+        1.0,
+        1.0,
+        1.0,
+        0.0,
+    )
     assert img["advantage"] == pytest.approx(0.7)
     seg = rows[("seg-0", "response 5")]
     assert seg["task"] == "segmentation/image"
-    assert (seg["reward_overall"], seg["reward_structure"], seg["advantage"]) == (0.25, 0.0, pytest.approx(-0.1))
+    assert (seg["reward_overall"], seg["reward_structure"], seg["advantage"]) == (
+        0.25,
+        0.0,
+        pytest.approx(-0.1),
+    )
     vid = rows[("vid-0", "video b")]
     assert vid["task"] == "temporal grounding" and isinstance(vid["media"], wandb.Image)
     assert (vid["reward_accuracy"], vid["advantage"]) == (0.5, pytest.approx(-0.3))

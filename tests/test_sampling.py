@@ -32,7 +32,9 @@ def test_image_video_balance():
 
 def test_temperature_flattens_sizes():
     # cells of 9 and 1 records: masses 9**0.5 = 3 and 1, so shares 3/4 and 1/4
-    p = sampling_probabilities(recs(("numerical", "image", "a", 9), ("OCR", "image", "a", 1)), temperature=2.0)
+    p = sampling_probabilities(
+        recs(("numerical", "image", "a", 9), ("OCR", "image", "a", 1)), temperature=2.0
+    )
     np.testing.assert_allclose(p[:9].sum(), 0.75)
     np.testing.assert_allclose(p[9], 0.25)
 
@@ -41,7 +43,9 @@ def test_two_dimensions_raked_to_both_marginals():
     records = recs(
         ("numerical", "image", "a", 2), ("numerical", "video", "a", 6), ("tracking", "video", "b", 2)
     )
-    p = sampling_probabilities(records, {"problem_type": {"numerical": 3, "tracking": 1}, "data_type": {"image": 1, "video": 1}})
+    p = sampling_probabilities(
+        records, {"problem_type": {"numerical": 3, "tracking": 1}, "data_type": {"image": 1, "video": 1}}
+    )
     types = np.array([r.problem_type for r in records])
     modality = np.array([r.data_type for r in records])
     np.testing.assert_allclose(p[types == "numerical"].sum(), 0.75, atol=1e-9)
@@ -50,7 +54,9 @@ def test_two_dimensions_raked_to_both_marginals():
 
 def test_mix_group_weights():
     records = recs(("numerical", "image", "a", 1), ("math", "image", "a", 3), ("open-ended", "video", "a", 4))
-    p = sampling_probabilities(records, {"mix_group": {"rule-based QA": 0.55, "open-ended QA and captions": 0.13}})
+    p = sampling_probabilities(
+        records, {"mix_group": {"rule-based QA": 0.55, "open-ended QA and captions": 0.13}}
+    )
     np.testing.assert_allclose(p[:4].sum(), 0.55 / 0.68)
     np.testing.assert_allclose(p[0], 0.55 / 0.68 / 4)
 

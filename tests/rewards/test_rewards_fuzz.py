@@ -25,11 +25,13 @@ VALID = {  # (problem_type, data_type): a correct answer, also used as ground tr
     ("temporal grounding", "video"): json.dumps({"time": [2.5, 8.0]}),
     ("spatial grounding", "image"): json.dumps({"boxes": BOX}),
     ("spatial-temporal grounding", "video"): json.dumps(
-        {"time": [1, 3], "boxes": {"1": BOX, "2": BOX, "3": [20, 30, 310, 420]}}),
+        {"time": [1, 3], "boxes": {"1": BOX, "2": BOX, "3": [20, 30, 310, 420]}}
+    ),
     ("tracking", "video"): json.dumps({"boxes": {str(k): [10 + k, 20, 300, 400] for k in range(1, 9)}}),
     ("segmentation", "image"): json.dumps({"boxes": BOX, "positive_points": PTS, "negative_points": NEG}),
     ("segmentation", "video"): json.dumps(
-        {"boxes": BOX, "positive_points": PTS, "negative_points": NEG, "time": 4}),
+        {"boxes": BOX, "positive_points": PTS, "negative_points": NEG, "time": 4}
+    ),
 }
 TASKS = list(VALID)
 
@@ -54,12 +56,15 @@ scalars = st.one_of(
     st.none(),
 )
 json_values = st.recursive(
-    scalars, lambda kids: st.lists(kids, max_size=6) | st.dictionaries(st.text(max_size=4), kids, max_size=4),
+    scalars,
+    lambda kids: st.lists(kids, max_size=6) | st.dictionaries(st.text(max_size=4), kids, max_size=4),
     max_leaves=12,
 )
 boxes = st.lists(scalars, min_size=0, max_size=6)
 points = st.lists(st.lists(scalars, max_size=3), max_size=5)
-second_keys = st.one_of(st.integers(-2, 40).map(str), st.text(max_size=4), st.sampled_from(["1.0", "01", " 1"]))
+second_keys = st.one_of(
+    st.integers(-2, 40).map(str), st.text(max_size=4), st.sampled_from(["1.0", "01", " 1"])
+)
 
 
 def _mutate_json(obj, data: st.DataObject):
@@ -113,7 +118,9 @@ def _mutate_text(s: str, data: st.DataObject) -> str:
     i = data.draw(st.integers(0, len(s)))
     if kind == "truncate":  # e.g. unclosed JSON
         return s[:i]
-    junk = data.draw(st.text(max_size=10) | st.sampled_from(["<answer>", "</answer>", "< answer >", "{", "]", '"']))
+    junk = data.draw(
+        st.text(max_size=10) | st.sampled_from(["<answer>", "</answer>", "< answer >", "{", "]", '"'])
+    )
     return s[:i] + junk + (s[i:] if kind == "insert" else s[i + 1 :])
 
 
@@ -146,7 +153,9 @@ def test_mutated_answers(task: tuple[str, str], data: st.DataObject) -> None:
     ans = _mutate_text(ans, data)
     wrapper = data.draw(st.sampled_from(WRAPPERS))
     variant = data.draw(st.sampled_from(["released", "paper"]))
-    _check(rewards.score(wrapper.replace("{}", ans), f"<answer>{gt}</answer>", *task, variant=variant), variant)
+    _check(
+        rewards.score(wrapper.replace("{}", ans), f"<answer>{gt}</answer>", *task, variant=variant), variant
+    )
 
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: "/".join(t))
@@ -171,5 +180,7 @@ def test_huge_responses(task: tuple[str, str]) -> None:
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: "/".join(t))
 def test_correct_answer_scores_full(task: tuple[str, str]) -> None:
-    r = rewards.score(f"<think>x</think><answer>{VALID[task]}</answer>", f"<answer>{VALID[task]}</answer>", *task)
+    r = rewards.score(
+        f"<think>x</think><answer>{VALID[task]}</answer>", f"<answer>{VALID[task]}</answer>", *task
+    )
     assert (r.accuracy, r.format, r.structure, r.overall) == (1.0, 1.0, 0.5, 1.5)

@@ -64,8 +64,9 @@ def test_temporal_and_spatial_grounding_json() -> None:
     assert temporal_grounding_accuracy('{"time": [2, 4]}', '{"time": [0, 10]}') == pytest.approx(0.2)
     assert temporal_grounding_accuracy("{'time': [2, 4]}", '{"time": [0, 10]}') == 0.0  # strict JSON
     assert temporal_grounding_accuracy('{"time": [2, 4]', '{"time": [0, 10]}') == 0.0  # unclosed
-    assert spatial_grounding_accuracy('{"boxes": [0, 0, 10, 10]}', '{"boxes": [5, 5, 15, 15]}') == \
-        pytest.approx(1 / 7)
+    assert spatial_grounding_accuracy(
+        '{"boxes": [0, 0, 10, 10]}', '{"boxes": [5, 5, 15, 15]}'
+    ) == pytest.approx(1 / 7)
     assert spatial_grounding_accuracy('{"boxes": [[0, 0, 10, 10]]}', '{"boxes": [0, 0, 10, 10]}') == 0.0
 
 

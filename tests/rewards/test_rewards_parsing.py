@@ -21,8 +21,24 @@ from rewards.parsing import (
     strip_ground_truth,
 )
 
-_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "\t", "\u2003", "a", "<", ">", "/",
-           "answer", "think", "{", "}"]
+_TOKENS = [
+    "<think>",
+    "</think>",
+    "<answer>",
+    "</answer>",
+    " ",
+    "\n",
+    "\t",
+    "\u2003",
+    "a",
+    "<",
+    ">",
+    "/",
+    "answer",
+    "think",
+    "{",
+    "}",
+]
 soup = st.lists(st.sampled_from(_TOKENS), max_size=14).map("".join)
 
 
@@ -47,8 +63,12 @@ def test_linear_helpers_agree_with_released_regexes(s: str) -> None:
 
 def test_linear_time_on_tag_soup() -> None:
     # The released regexes take seconds on these; ours must stay linear.
-    bad = ["<think>" + "</think><answer>x</answer>y" * 4000, "<think>" + "</think><answer>" * 6000,
-           "<answer>" * 20000 + " " * 20000, " " * 100_000 + "<"]
+    bad = [
+        "<think>" + "</think><answer>x</answer>y" * 4000,
+        "<think>" + "</think><answer>" * 6000,
+        "<answer>" * 20000 + " " * 20000,
+        " " * 100_000 + "<",
+    ]
     t0 = time.perf_counter()
     for s in bad:
         format_ok(normalize_response(s))
@@ -87,8 +107,14 @@ def test_format_check() -> None:
 
 def test_strict_and_lenient_json() -> None:
     assert load_json('{"time": [1, 2]}') == {"time": [1, 2]}
-    for bad in ["{'time': [1, 2]}", '{"time": [1, 2],}', '```json\n{"time": [1, 2]}\n```',
-                'The answer is {"time": [1, 2]}', '{"time": [1, 2]', "[" * 100_000]:
+    for bad in [
+        "{'time': [1, 2]}",
+        '{"time": [1, 2],}',
+        '```json\n{"time": [1, 2]}\n```',
+        'The answer is {"time": [1, 2]}',
+        '{"time": [1, 2]',
+        "[" * 100_000,
+    ]:
         assert load_json(bad) is None
     assert load_json("{'time': [1, 2]}", lenient=True) == {"time": [1, 2]}
     assert load_json('{"time": [1, 2,],}', lenient=True) == {"time": [1, 2]}

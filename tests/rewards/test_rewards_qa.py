@@ -28,8 +28,20 @@ F32 = lambda x: float(np.float32(x))  # noqa: E731  (the released MRA returns fl
 
 @pytest.mark.parametrize(
     "pred,acc",
-    [("B", 1), ("b", 1), (" B ", 1), ("(B)", 1), ("\\boxed{B}", 1), ("$B$", 1), ("\\text{B}", 1),
-     ("B.", 0), ("B. dog", 0), ("Option B", 0), ("A", 0), ("", 0)],
+    [
+        ("B", 1),
+        ("b", 1),
+        (" B ", 1),
+        ("(B)", 1),
+        ("\\boxed{B}", 1),
+        ("$B$", 1),
+        ("\\text{B}", 1),
+        ("B.", 0),
+        ("B. dog", 0),
+        ("Option B", 0),
+        ("A", 0),
+        ("", 0),
+    ],
 )
 def test_multiple_choice(pred: str, acc: int) -> None:
     assert multiple_choice_accuracy(pred, "B") == acc
@@ -43,8 +55,17 @@ def test_multiple_choice_letter_shortcut_matches_grade_answer() -> None:
 
 @pytest.mark.parametrize(
     "pred,gt,acc",
-    [("3.14159", "3.14", 1), ("3.146", "3.14", 0), ("1,000", "1000", 1), ("12", "12.0", 1),
-     ("nan", "1", 0), ("inf", "1", 0), ("1e999", "1", 0), ("twelve", "12", 0), ("", "12", 0)],
+    [
+        ("3.14159", "3.14", 1),
+        ("3.146", "3.14", 0),
+        ("1,000", "1000", 1),
+        ("12", "12.0", 1),
+        ("nan", "1", 0),
+        ("inf", "1", 0),
+        ("1e999", "1", 0),
+        ("twelve", "12", 0),
+        ("", "12", 0),
+    ],
 )
 def test_numerical(pred: str, gt: str, acc: int) -> None:
     assert numerical_accuracy(pred, gt) == acc
@@ -94,9 +115,15 @@ def test_mra_matches_torch_at_all_threshold_edges() -> None:
 
 @pytest.mark.parametrize(
     "pred,gt,acc",
-    [("a b c d", "a b c d", 1.0), ("a x c", "a b c d", 0.5),  # 1 substitution + 1 deletion of 4 words
-     ("a b c d e f g h i", "a b", 0.0),  # WER 3.5, clipped
-     ("a\nb\tc", "a b c", 1.0), ("", "a b", 0.0), ("", "", 1.0), ("x", "", 0.0)],
+    [
+        ("a b c d", "a b c d", 1.0),
+        ("a x c", "a b c d", 0.5),  # 1 substitution + 1 deletion of 4 words
+        ("a b c d e f g h i", "a b", 0.0),  # WER 3.5, clipped
+        ("a\nb\tc", "a b c", 1.0),
+        ("", "a b", 0.0),
+        ("", "", 1.0),
+        ("x", "", 0.0),
+    ],
 )
 def test_ocr(pred: str, gt: str, acc: float) -> None:
     assert ocr_accuracy(pred, gt) == pytest.approx(acc)
@@ -111,9 +138,16 @@ def test_open_ended_rouge_hand_computed() -> None:
 
 @pytest.mark.parametrize(
     "pred,gt,acc",
-    [("0.5", "\\frac{1}{2}", 1), ("$\\frac{1}{2}$", "0.5", 1), ("\\frac12", "\\frac{1}{2}", 1),
-     ("0.6", "\\frac{1}{2}", 0), ("x+1", "x+1", 1),  # math-verify parses neither: string match
-     ("\\text{east}", "\\text{east}", 1), ("west", "east", 0), ("", "1", 0)],
+    [
+        ("0.5", "\\frac{1}{2}", 1),
+        ("$\\frac{1}{2}$", "0.5", 1),
+        ("\\frac12", "\\frac{1}{2}", 1),
+        ("0.6", "\\frac{1}{2}", 0),
+        ("x+1", "x+1", 1),  # math-verify parses neither: string match
+        ("\\text{east}", "\\text{east}", 1),
+        ("west", "east", 0),
+        ("", "1", 0),
+    ],
 )
 def test_math(pred: str, gt: str, acc: int) -> None:
     assert math_accuracy(pred, gt) == acc
@@ -153,7 +187,10 @@ def test_math_timeout_in_worker_processes(short_timeout) -> None:
     res = rewards.score_batch(
         ["<think>x</think><answer>" + SLOW_MATH[0] + "</answer>"] * n + ["<answer>0.5</answer>"] * n,
         ["<answer>3</answer>"] * n + ["<answer>\\frac{1}{2}</answer>"] * n,
-        ["math"] * 2 * n, ["image"] * 2 * n, workers=2, chunk_size=2,
+        ["math"] * 2 * n,
+        ["image"] * 2 * n,
+        workers=2,
+        chunk_size=2,
     )
     rewards.shutdown_pools()
     assert [r.accuracy for r in res] == [0.0] * n + [1.0] * n

@@ -80,9 +80,13 @@ def test_score_batch_with_reward_model_and_rouge_fallback(judge_url: str) -> Non
     responses = [f"<think>t</think><answer>{a}</answer>" for a in answers] + ["<answer>B</answer>"]
     before = rewards.reward_model_failures()
     res = rewards.score_batch(
-        responses, [f"<answer>{ref}</answer>"] * 4 + ["<answer>B</answer>"],
-        ["open-ended"] * 4 + ["multiple choice"], ["video"] * 5,
-        problem_ids=[1, 1, 1, 2, 3], prompts=["describe"] * 5, reward_model=scorer,
+        responses,
+        [f"<answer>{ref}</answer>"] * 4 + ["<answer>B</answer>"],
+        ["open-ended"] * 4 + ["multiple choice"],
+        ["video"] * 5,
+        problem_ids=[1, 1, 1, 2, 3],
+        prompts=["describe"] * 5,
+        reward_model=scorer,
     )
     assert rewards.reward_model_failures() == before + 1
     # group 1: [0.2, 0.6, rouge] min-max normalized; group 2 has one item -> 1.0
@@ -101,6 +105,12 @@ def test_broken_scorer_falls_back_to_rouge() -> None:
         def score(self, prompts, references, outputs):
             raise RuntimeError("down")
 
-    res = rewards.score_batch(["<answer>a man rides a horse</answer>"], ["<answer>a man rides a horse</answer>"],
-                              ["open-ended"], ["image"], reward_model=Broken(), normalize_reward_model=False)
+    res = rewards.score_batch(
+        ["<answer>a man rides a horse</answer>"],
+        ["<answer>a man rides a horse</answer>"],
+        ["open-ended"],
+        ["image"],
+        reward_model=Broken(),
+        normalize_reward_model=False,
+    )
     assert res[0].accuracy == pytest.approx(1.0)

@@ -41,14 +41,16 @@ def test_non_string_response_does_not_raise() -> None:
 
 
 def test_spaced_tags_pass() -> None:
-    r = score("< think >hmm< / think > < answer > C < / answer >", "<answer>C</answer>", "multiple choice",
-              "video")
+    r = score(
+        "< think >hmm< / think > < answer > C < / answer >", "<answer>C</answer>", "multiple choice", "video"
+    )
     assert (r.accuracy, r.format, r.structure) == (1.0, 1.0, 0.5)
 
 
 def test_empty_answer_falls_back_to_whole_response() -> None:
-    r = score("<think>the cat sat</think><answer></answer>", "<answer>the cat sat</answer>", "open-ended",
-              "image")
+    r = score(
+        "<think>the cat sat</think><answer></answer>", "<answer>the cat sat</answer>", "open-ended", "image"
+    )
     assert r.format == 1.0 and 0 < r.accuracy < 1 and r.structure == 0.5
 
 
@@ -61,21 +63,51 @@ def test_empty_answer_falls_back_to_whole_response() -> None:
         ("temporal grounding", "video", '{"time": ["1", "2"]}', '{"time": [0, 5]}', 0.5),  # float() works
         ("spatial grounding", "image", '{"boxes": [1, 2, 3, 4]}', '{"boxes": [0, 0, 5, 5]}', 0.5),
         ("spatial grounding", "image", '{"boxes": [1, 2, 3]}', '{"boxes": [0, 0, 5, 5]}', 0.0),
-        ("segmentation", "image", J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG}),
-         J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG}), 0.5),
-        ("segmentation", "image", J({"boxes": [0, 0, 5, 5], "positive_points": PTS[:2], "negative_points": NEG}),
-         J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG}), 0.0),
-        ("segmentation", "video", J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG}),
-         J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG, "time": 2}), 0.0),
+        (
+            "segmentation",
+            "image",
+            J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG}),
+            J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG}),
+            0.5,
+        ),
+        (
+            "segmentation",
+            "image",
+            J({"boxes": [0, 0, 5, 5], "positive_points": PTS[:2], "negative_points": NEG}),
+            J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG}),
+            0.0,
+        ),
+        (
+            "segmentation",
+            "video",
+            J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG}),
+            J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG, "time": 2}),
+            0.0,
+        ),
         # tracking: valid schema 0.25 + 0.25 × 2 of 4 GT keys
-        ("tracking", "video", J({"boxes": {"1": [0, 0, 1, 1], "2": [0, 0, 1, 1], "9": [0, 0, 1, 1]}}),
-         J({"boxes": {str(k): [0, 0, 1, 1] for k in range(1, 5)}}), 0.375),
+        (
+            "tracking",
+            "video",
+            J({"boxes": {"1": [0, 0, 1, 1], "2": [0, 0, 1, 1], "9": [0, 0, 1, 1]}}),
+            J({"boxes": {str(k): [0, 0, 1, 1] for k in range(1, 5)}}),
+            0.375,
+        ),
         # invalid box value: no schema part, coverage still counts (released)
-        ("tracking", "video", J({"boxes": {"1": "x"}}), J({"boxes": {str(k): [0, 0, 1, 1] for k in range(1, 5)}}),
-         0.0625),
+        (
+            "tracking",
+            "video",
+            J({"boxes": {"1": "x"}}),
+            J({"boxes": {str(k): [0, 0, 1, 1] for k in range(1, 5)}}),
+            0.0625,
+        ),
         # spatio-temporal: only the length of "time" is checked for the schema part
-        ("spatial-temporal grounding", "video", J({"time": ["a", "b"], "boxes": {"1": [0, 0, 1, 1]}}),
-         J({"time": [0, 1], "boxes": {"1": [0, 0, 1, 1]}}), 0.5),
+        (
+            "spatial-temporal grounding",
+            "video",
+            J({"time": ["a", "b"], "boxes": {"1": [0, 0, 1, 1]}}),
+            J({"time": [0, 1], "boxes": {"1": [0, 0, 1, 1]}}),
+            0.5,
+        ),
     ],
 )
 def test_structure_bonus(pt: str, dt: str, ans: str, gt: str, structure: float) -> None:
@@ -86,7 +118,12 @@ def test_structure_bonus(pt: str, dt: str, ans: str, gt: str, structure: float) 
 
 def test_released_json_is_strict() -> None:
     gt = '<answer>{"time": [0, 10]}</answer>'
-    for bad in ["{'time': [2, 4]}", '{"time": [2, 4],}', '```json\n{"time": [2, 4]}\n```', 'time {"time": [2, 4]}']:
+    for bad in [
+        "{'time': [2, 4]}",
+        '{"time": [2, 4],}',
+        '```json\n{"time": [2, 4]}\n```',
+        'time {"time": [2, 4]}',
+    ]:
         r = score(wrap(bad), gt, "temporal grounding", "video")
         assert (r.accuracy, r.structure) == (0.0, 0.0), bad
 
@@ -112,8 +149,14 @@ def test_register_user_task() -> None:
         assert (r.accuracy, r.structure, r.overall) == (1.0, 0.25, pytest.approx(1.25))
         with pytest.raises(ValueError):
             rewards.register_reward("parity", data_type="image")(parity)
-        res = score_batch([wrap("odd")] * 80, ["<answer>odd</answer>"] * 80, ["parity"] * 80, ["image"] * 80,
-                          workers=2, chunk_size=16)  # workers cannot see it: parent scores those rows
+        res = score_batch(
+            [wrap("odd")] * 80,
+            ["<answer>odd</answer>"] * 80,
+            ["parity"] * 80,
+            ["image"] * 80,
+            workers=2,
+            chunk_size=16,
+        )  # workers cannot see it: parent scores those rows
         assert all(x.accuracy == 1.0 for x in res)
     finally:
         rewards.unregister_reward("parity", "image")
@@ -122,18 +165,30 @@ def test_register_user_task() -> None:
 
 @pytest.mark.parametrize(
     "pt,dt,gt",
-    [("numerical", "image", "twelve"), ("regression", "image", "nan"), ("multiple choice", "image", "  "),
-     ("temporal grounding", "video", '{"time": [5, 2]}'), ("spatial grounding", "image", "{'boxes': [0,0,1,1]}"),
-     ("tracking", "video", '{"boxes": {}}'), ("spatial-temporal grounding", "video", '{"time": [0, 1]}'),
-     ("segmentation", "image", J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG[:2]})),
-     ("segmentation", "video", J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG}))],
+    [
+        ("numerical", "image", "twelve"),
+        ("regression", "image", "nan"),
+        ("multiple choice", "image", "  "),
+        ("temporal grounding", "video", '{"time": [5, 2]}'),
+        ("spatial grounding", "image", "{'boxes': [0,0,1,1]}"),
+        ("tracking", "video", '{"boxes": {}}'),
+        ("spatial-temporal grounding", "video", '{"time": [0, 1]}'),
+        (
+            "segmentation",
+            "image",
+            J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG[:2]}),
+        ),
+        ("segmentation", "video", J({"boxes": [0, 0, 5, 5], "positive_points": PTS, "negative_points": NEG})),
+    ],
 )
 def test_bad_ground_truth_is_reported_once_per_record(pt, dt, gt, caplog) -> None:
     rewards.reset_counters()
     with caplog.at_level(logging.WARNING, logger="rewards"):
         a = score(wrap("x"), f"<answer>{gt}</answer>", pt, dt, problem_id=41)
         b = score(wrap("y"), f"<answer>{gt}</answer>", pt, dt, problem_id=41)
-        score_batch([wrap("z")] * 3, [f"<answer>{gt}</answer>"] * 3, [pt] * 3, [dt] * 3, problem_ids=[41, 41, 42])
+        score_batch(
+            [wrap("z")] * 3, [f"<answer>{gt}</answer>"] * 3, [pt] * 3, [dt] * 3, problem_ids=[41, 41, 42]
+        )
     assert a.answer_error and b.answer_error
     msgs = [r.getMessage() for r in caplog.records if "malformed ground truth" in r.getMessage()]
     assert len(msgs) == 2 and "problem_id=41" in msgs[0] and "problem_id=42" in msgs[1]
@@ -150,14 +205,21 @@ def test_good_ground_truth_is_not_flagged() -> None:
 
 def _corpus() -> tuple[list[str], list[str], list[str], list[str]]:
     rows = [
-        (wrap("B"), "B", "multiple choice", "image"), ("A", "B", "multiple choice", "video"),
-        (wrap("3.14"), "3.14159", "numerical", "image"), (wrap("110"), "100", "regression", "video"),
-        (wrap("hello world"), "hello word", "OCR", "image"), (wrap("0.5"), "\\frac{1}{2}", "math", "image"),
+        (wrap("B"), "B", "multiple choice", "image"),
+        ("A", "B", "multiple choice", "video"),
+        (wrap("3.14"), "3.14159", "numerical", "image"),
+        (wrap("110"), "100", "regression", "video"),
+        (wrap("hello world"), "hello word", "OCR", "image"),
+        (wrap("0.5"), "\\frac{1}{2}", "math", "image"),
         (wrap("a man rides a horse"), "a man riding a horse", "open-ended", "video"),
         (wrap('{"time": [1, 3]}'), '{"time": [2, 4]}', "temporal grounding", "video"),
         (wrap('{"boxes": [0, 0, 4, 4]}'), '{"boxes": [2, 2, 6, 6]}', "spatial grounding", "image"),
-        (wrap(J({"boxes": {"1": [0, 0, 4, 4]}})), J({"boxes": {"1": [2, 2, 6, 6], "2": [0, 0, 1, 1]}}),
-         "tracking", "video"),
+        (
+            wrap(J({"boxes": {"1": [0, 0, 4, 4]}})),
+            J({"boxes": {"1": [2, 2, 6, 6], "2": [0, 0, 1, 1]}}),
+            "tracking",
+            "video",
+        ),
     ]
     rows = rows * 9
     return tuple(list(c) for c in zip(*rows))  # type: ignore[return-value]
