@@ -372,6 +372,20 @@ def placeholder_row(
     )
 
 
+def join_sharded_call(backbone: VisionLanguageBackbone, device: torch.device, **generate_kwargs: Any) -> None:
+    """What a rank with no rows runs while the others run a sharded (FSDP2) forward, or with
+    ``generate_kwargs`` a ``generate`` call: the same call on a placeholder row, so it joins their
+    parameter all-gathers. Its output is dropped; unsharded, it does nothing."""
+    if not sharded_across_ranks(backbone):
+        return
+    batch, scored = placeholder_row(backbone, device)
+    with torch.no_grad():
+        if generate_kwargs:
+            backbone.generate(batch, 1, **generate_kwargs)
+        else:
+            backbone.token_logprobs(batch, scored)
+
+
 def response_mask(response: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     """1 on each response token up to and including its first end-of-sequence token."""
     is_eos = torch.isin(response, torch.tensor(eos_ids, device=response.device))

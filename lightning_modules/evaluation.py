@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lightning_modules.backbone import VisionLanguageBackbone
+from lightning_modules.backbone import VisionLanguageBackbone, join_sharded_call
 from lightning_modules.evaluation_report import (
     PredictionStore,
     decode_mask,
@@ -140,7 +140,8 @@ class EvaluationModule(L.LightningModule):
 
     # -- one batch --------------------------------------------------------------------------------
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if not batch.get("meta"):
+        if not batch.get("meta"):  # every row was skipped
+            join_sharded_call(self.backbone, self.device, max_new_tokens=self.max_new_tokens, do_sample=False)
             return
         started = time.perf_counter()
         out = self.backbone.generate(batch, max_new_tokens=self.max_new_tokens, do_sample=False)

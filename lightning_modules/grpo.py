@@ -16,6 +16,7 @@ import rewards
 from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages, task_key
 from lightning_modules.backbone import (
     VisionLanguageBackbone,
+    join_sharded_call,
     placeholder_row,
     sharded_across_ranks,
     vision_grad_anchor,
@@ -277,20 +278,15 @@ class GRPOModule(L.LightningModule):
         collected.generation_seconds = time.perf_counter() - started
         return collected
 
-    def _join_generation(self, through_engine: bool = True) -> list[GroupRecord]:
-        """With no prompts, still decode a placeholder row on a sharded policy, through the rollout
-        engine (or ``generate`` itself in validation): the other ranks' decoding steps gather parameters
-        collectively and need this rank's part (``synced_gpus``). Its answers are dropped."""
+    def _join_generation(self) -> list[GroupRecord]:
+        """With no prompts, still roll out a placeholder row on a sharded policy, through the rollout
+        engine: the other ranks' decoding steps gather parameters collectively and need this rank's
+        part (``synced_gpus``). Its answers are dropped."""
         if self._lockstep_forwards():
             batch, _ = placeholder_row(self.backbone, self.device)
-            if through_engine:
-                meta = {"problem_id": "placeholder", "problem_type": "", "data_type": "image", "media": []}
-                with torch.no_grad():
-                    self.rollout(self.backbone, {**batch, "meta": [meta]}, 1)
-            else:
-                self.backbone.generate(
-                    batch, 1, max_new_tokens=self.hparams.val_max_new_tokens, do_sample=False
-                )
+            meta = {"problem_id": "placeholder", "problem_type": "", "data_type": "image", "media": []}
+            with torch.no_grad():
+                self.rollout(self.backbone, {**batch, "meta": [meta]}, 1)
         return []
 
     def _next_resample_batch(self) -> dict[str, Any] | None:
@@ -590,10 +586,14 @@ class GRPOModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Greedy rewards (``val/reward/...``), and with ``val_samples > 0`` the mean reward of that many
         samples per prompt at the rollout temperature (``val/sampled_reward/...``), which RL optimises."""
-        if not batch.get("meta"):
-            self._join_generation(through_engine=False)  # once per generate call of the others
-            if self.hparams.val_samples > 0:
-                self._join_generation(through_engine=False)
+        if not batch.get("meta"):  # join the others' generate calls (greedy, then sampled)
+            for _ in range(1 + (self.hparams.val_samples > 0)):
+                join_sharded_call(
+                    self.backbone,
+                    self.device,
+                    max_new_tokens=self.hparams.val_max_new_tokens,
+                    do_sample=False,
+                )
             return
         keys = [task_key(m["problem_type"], m["data_type"], self.hparams.task_key_by) for m in batch["meta"]]
         out = self.backbone.generate(

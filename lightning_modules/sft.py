@@ -10,7 +10,12 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
-from lightning_modules.backbone import VisionLanguageBackbone, placeholder_row, vision_grad_anchor
+from lightning_modules.backbone import (
+    VisionLanguageBackbone,
+    join_sharded_call,
+    placeholder_row,
+    vision_grad_anchor,
+)
 from lightning_modules.schedules import WarmupSchedule
 from lightning_modules.sharding import ShardingSettings, configure_sharding, total_grad_norm
 
@@ -137,7 +142,8 @@ class SFTModule(L.LightningModule):
             self.log("train/grad_norm", norm, on_step=True, batch_size=1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if "labels" not in batch:
+        if "labels" not in batch:  # every row was skipped
+            join_sharded_call(self.backbone, self.device)
             return
         loss, tasks, _ = self.loss(batch)
         self._log_step("val", loss, tasks, len(batch["meta"]))

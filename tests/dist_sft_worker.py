@@ -104,6 +104,9 @@ def main() -> None:
         "--resume", default=None, help="a checkpoint to resume from (its steps are not replayed)"
     )
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed of the tiny model")
+    parser.add_argument(
+        "--val-skip-rank", type=int, default=None, help="validate; this rank's rows all skipped"
+    )
     parser.add_argument("--train-vision", action="store_true", help="train the vision tower and projector")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -163,7 +166,13 @@ def main() -> None:
         num_sanity_val_steps=0,
         callbacks=callbacks,
     )
-    trainer.fit(module, loader, ckpt_path=args.resume)
+    val_loader = None
+    if args.val_skip_rank is not None:  # one validation batch per rank at the end of the epoch
+        val = global_batches(
+            args.manifest, backbone, 1, args.rows_per_step, rank, world, (0, args.val_skip_rank, world)
+        )
+        val_loader = torch.utils.data.DataLoader(val, batch_size=None, collate_fn=lambda b: b)
+    trainer.fit(module, loader, val_loader, ckpt_path=args.resume)
 
     # Log-probabilities of the first global batch, through the trained module (sharded or not).
     probe = global_batches(args.manifest, backbone, 1, args.rows_per_step, 0, 1)[0]
@@ -178,6 +187,9 @@ def main() -> None:
             "world_size": trainer.world_size,
             "mesh": None if mesh is None else list(mesh.shape),
             "sharded": is_sharded(module.backbone),
+            "val_loss": float(trainer.callback_metrics["val/loss"])
+            if "val/loss" in trainer.callback_metrics
+            else None,
         }
         (out / "losses.json").write_text(json.dumps(run))
         torch.save(logprobs, out / "logprobs.pt")

@@ -5,7 +5,9 @@ float32 logits and greedy decoding picks the same tokens. The tiny model's weigh
 (normal, std 0.1, one seed) because its default initialisation answers only newlines.
 
 Then both ranks decode the same record with different ``max_new_tokens`` (3 and 9): rank 0 is
-done first and keeps joining the all-gathers only through ``synced_gpus`` (else rank 1 hangs)."""
+done first and keeps joining the all-gathers only through ``synced_gpus`` (else rank 1 hangs). Last,
+rank 0 gets a batch whose every row was skipped: its ``test_step`` decodes a placeholder row so that
+rank 1's sharded ``generate`` can finish."""
 
 from __future__ import annotations
 
@@ -54,6 +56,12 @@ new = 3 + 6 * rank if devices > 1 else 9
 ids = module.backbone.generate(batch, max_new_tokens=new, do_sample=False)["response_ids"][0].tolist()
 with open(f"{out}/early_stop.rank{rank}.json", "w") as f:
     json.dump(ids, f)
+if devices > 1:  # rank 0's batch had every row skipped: its test_step joins rank 1's sharded generate
+    if rank == 0:
+        module.test_step({"meta": [], "skipped": {"bad_media": 1}}, 0)
+    else:
+        module.backbone.generate(batch, max_new_tokens=12, do_sample=False)
+    open(f"{out}/joined.rank{rank}", "w").close()
 """
 
 
@@ -93,3 +101,4 @@ def test_sharded_evaluation_answers_equal_one_process(tmp_path: Path):
     short = json.loads((tmp_path / "out2" / "early_stop.rank0.json").read_text())
     long = json.loads((tmp_path / "out2" / "early_stop.rank1.json").read_text())
     assert len(full) == 9 and short == full[:3] and long == full
+    assert (tmp_path / "out2" / "joined.rank0").exists() and (tmp_path / "out2" / "joined.rank1").exists()
