@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -54,6 +55,35 @@ class Example:
             "timestamps": self.videos[0].timestamps if self.videos else None,
             "position": self.position,
         }
+
+
+@dataclass
+class RowMedia:
+    """One row's decoded media, as a rollout engine that runs its own processor takes them: images,
+    and videos as frames ``[T, H, W, 3]`` (uint8) with their sampling metadata."""
+
+    images: list[Image.Image] = field(default_factory=list)
+    videos: list[tuple[np.ndarray, dict[str, Any]]] = field(default_factory=list)
+
+
+def video_metadata(clip: VideoClip) -> dict[str, Any]:
+    """What the Qwen-VL video processors need to know of sampled frames (``VideoMetadata`` fields)."""
+    return {
+        "total_num_frames": clip.total_frames,
+        "fps": clip.native_fps,
+        "width": clip.original_size[0],
+        "height": clip.original_size[1],
+        "duration": clip.total_frames / clip.native_fps if clip.native_fps else None,
+        "frames_indices": list(clip.frame_indices),
+    }
+
+
+def row_media(example: Example) -> RowMedia:
+    frames = [
+        (clip.frames.permute(0, 2, 3, 1).contiguous().numpy(), video_metadata(clip))
+        for clip in example.videos
+    ]
+    return RowMedia(list(example.images), frames)
 
 
 @dataclass
@@ -159,16 +189,7 @@ class Collator:
             from transformers.video_utils import VideoMetadata
 
             kwargs["videos"] = [c.frames for c in clips]
-            kwargs["video_metadata"] = [
-                VideoMetadata(
-                    total_num_frames=c.total_frames,
-                    fps=c.native_fps,
-                    width=c.original_size[0],
-                    height=c.original_size[1],
-                    frames_indices=c.frame_indices,
-                )
-                for c in clips
-            ]
+            kwargs["video_metadata"] = [VideoMetadata(**video_metadata(c)) for c in clips]
             kwargs["do_sample_frames"] = False
         out = self.processor(
             text=texts,
@@ -207,6 +228,8 @@ class Collator:
                 mask, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX)
             )
         batch["meta"] = [ex.meta() for ex in examples]
+        if self.mode == "rl":  # for rollout engines with a processor of their own (vLLM)
+            batch["row_media"] = [row_media(ex) for ex in examples]
         batch["skipped"] = dict(skipped)
         batch["positions"] = positions
         return batch

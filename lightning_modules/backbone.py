@@ -212,6 +212,10 @@ class VisionLanguageBackbone(nn.Module):
         model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
         self.family, self.processor = family, processor
         self.suppressed_token_ids = vision_token_ids(processor.tokenizer)
+        # A response ends at the first of these (sampling stops there; later tokens are padding).
+        self.end_token_ids = [
+            processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
+        ]
         self.set_trainable(not freeze_vision_tower, not freeze_projector, model)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -302,6 +306,7 @@ class VisionLanguageBackbone(nn.Module):
         top_p: float = 1.0,
         max_new_tokens: int = 256,
         do_sample: bool = True,
+        cache_implementation: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Sample responses to left-padded prompts; vision special tokens are never produced.
 
@@ -312,8 +317,10 @@ class VisionLanguageBackbone(nn.Module):
         and including the first end-of-turn token), each with ``num_return_sequences`` rows per prompt.
         """
         tok = self.tokenizer
-        eos = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+        eos = self.end_token_ids
         kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens}
+        if cache_implementation is not None:
+            kwargs["cache_implementation"] = cache_implementation
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         if sharded_across_ranks(self):

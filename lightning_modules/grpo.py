@@ -21,7 +21,14 @@ from lightning_modules.backbone import (
     sharded_across_ranks,
     vision_grad_anchor,
 )
-from lightning_modules.losses import aggregate, global_counts, kl_penalty, policy_loss
+from lightning_modules.losses import (
+    aggregate,
+    global_counts,
+    kl_penalty,
+    logprob_gap,
+    policy_loss,
+    truncated_is_weights,
+)
 from lightning_modules.rl_step import (
     GroupRecord,
     MicroBatch,
@@ -32,7 +39,7 @@ from lightning_modules.rl_step import (
     plan_updates,
     rank_micro_batches,
 )
-from lightning_modules.rollout import HFGenerateEngine, RolloutEngine, Rollouts, select_rows
+from lightning_modules.rollout import HFGenerateEngine, RolloutEngine, Rollouts, rollout_seed, select_rows
 from lightning_modules.schedules import WarmupSchedule
 from lightning_modules.sharding import ShardingSettings, configure_sharding
 
@@ -73,6 +80,9 @@ class OldLogprobs:
     reference: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     entropy_sum: float = 0.0
     entropy_tokens: int = 0
+    gap_sum: float = 0.0  # |trainer - engine| log-prob of the sampled tokens (engines that report them)
+    gap_max: float = 0.0
+    gap_tokens: int = 0
 
 
 @dataclass
@@ -97,7 +107,8 @@ class GRPOModule(L.LightningModule):
 
     Args:
         backbone: the policy (and processor).
-        rollout: the rollout engine (HF ``generate`` by default).
+        rollout: the rollout engine: `HFGenerateEngine` (default) or
+            `lightning_modules.vllm_engine.VLLMColocateEngine` (``class_path``).
         rollouts_per_prompt: group size (released: 8).
         advantage: the ablation flag: ``ema_grpo``, ``grpo`` or ``dr_grpo``.
         task_key_by: EMA key: ``task`` (segmentation split by modality) or ``task_modality``.
@@ -116,6 +127,10 @@ class GRPOModule(L.LightningModule):
         clip_high: PPO ε_high (0.3).
         dual_clip: dual-clip c for negative advantages (3.0).
         loss_aggregation: ``token-mean`` (released), ``seq-mean-token-mean`` or ``constant``.
+        tis_cap: truncated importance sampling: weight each token's policy loss by
+            min(π_old/π_engine, cap), correcting for the rollout engine sampling from slightly
+            different probabilities than the trainer computes; needs an engine that reports its
+            log-probabilities (vLLM). ``None`` (released) turns it off.
         kl_coef: KL weight against a frozen reference; 0 (released) builds no reference.
         kl_estimator: ``k1``, ``k2``, ``k3`` / ``low_var_kl``.
         entropy_coef: entropy bonus weight (released: 0).
@@ -132,7 +147,7 @@ class GRPOModule(L.LightningModule):
     def __init__(
         self,
         backbone: VisionLanguageBackbone,
-        rollout: HFGenerateEngine | None = None,
+        rollout: RolloutEngine | None = None,
         rollouts_per_prompt: int = 8,
         advantage: Literal["ema_grpo", "grpo", "dr_grpo"] = "ema_grpo",
         task_key_by: Literal["task", "task_modality"] = "task",
@@ -151,6 +166,7 @@ class GRPOModule(L.LightningModule):
         clip_high: float = 0.3,
         dual_clip: float | None = 3.0,
         loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "constant"] = "token-mean",
+        tis_cap: float | None = None,
         kl_coef: float = 0.0,
         kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = "low_var_kl",
         entropy_coef: float = 0.0,
@@ -187,6 +203,18 @@ class GRPOModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         records = getattr(dm, "records", {}).get("train", []) if dm is not None else []
         rewards.check_tasks(sorted({(r.problem_type, r.data_type) for r in records}))
+        self.rollout.setup(self.backbone, self.global_rank, self.trainer.world_size)
+
+    def on_fit_end(self) -> None:
+        self.rollout.teardown()
+
+    def _generate(self, prompts: dict[str, Any], n: int, part: int) -> Rollouts:
+        """This rank's rollouts of ``prompts`` from the current policy (every rank calls it together:
+        the engine's weight sync gathers sharded parameters)."""
+        self.rollout.sync_weights(self.backbone, version=self.global_step)
+        seed = rollout_seed(self.hparams.seed, self.global_step, self.global_rank) + 1_000_033 * part
+        with torch.no_grad():
+            return self.rollout(self.backbone, prompts, n, seed=seed)
 
     def setup(self, stage: str) -> None:
         # Built here, before Lightning restores a checkpoint, so that a resumed run loads the saved
@@ -225,8 +253,7 @@ class GRPOModule(L.LightningModule):
     def _roll_out(self, prompts: dict[str, Any], part: int, collected: Collected) -> list[GroupRecord]:
         """This rank's rollouts of ``prompts``, scored, as the group records every rank will see."""
         n = self.hparams.rollouts_per_prompt
-        with torch.no_grad():
-            ro = self.rollout(self.backbone, prompts, n)
+        ro = self._generate(prompts, n, part)
         scores = self._score(ro)
         collected.parts.append(ro)
         collected.scores.append(scores)
@@ -268,7 +295,7 @@ class GRPOModule(L.LightningModule):
             if prompts and prompts.get("meta"):
                 local = self._roll_out(prompts, len(collected.parts), collected)
             else:  # every row of this rank's batch was skipped
-                local = self._join_generation()
+                local = self._join_generation(len(collected.parts))
             gather_started = time.perf_counter()
             gathered = gather_groups(local)
             collected.agreement_seconds += time.perf_counter() - gather_started
@@ -278,15 +305,14 @@ class GRPOModule(L.LightningModule):
         collected.generation_seconds = time.perf_counter() - started
         return collected
 
-    def _join_generation(self) -> list[GroupRecord]:
+    def _join_generation(self, part: int) -> list[GroupRecord]:
         """With no prompts, still roll out a placeholder row on a sharded policy, through the rollout
         engine: the other ranks' decoding steps gather parameters collectively and need this rank's
         part (``synced_gpus``). Its answers are dropped."""
         if self._lockstep_forwards():
             batch, _ = placeholder_row(self.backbone, self.device)
             meta = {"problem_id": "placeholder", "problem_type": "", "data_type": "image", "media": []}
-            with torch.no_grad():
-                self.rollout(self.backbone, {**batch, "meta": [meta]}, 1)
+            self._generate({**batch, "meta": [meta]}, 1, part)
         return []
 
     def _next_resample_batch(self) -> dict[str, Any] | None:
@@ -345,6 +371,8 @@ class GRPOModule(L.LightningModule):
         mb["token_mask"] = (
             ro.response_mask[torch.tensor(rows)].to(device).bool()
         )  # scored positions, padding included
+        if ro.sampling_logprobs is not None:
+            mb["sampling_logprobs"] = ro.sampling_logprobs[torch.tensor(rows)].to(device)
         return mb
 
     def _padded(
@@ -396,6 +424,10 @@ class GRPOModule(L.LightningModule):
                 mask = mb["response_mask"].bool()
                 old.entropy_sum += float(ent[mask].sum())
                 old.entropy_tokens += int(mask.sum())
+                if "sampling_logprobs" in mb:
+                    gap_sum, gap_max, tokens = logprob_gap(lp, mb["sampling_logprobs"], mask)
+                    old.gap_sum, old.gap_tokens = old.gap_sum + gap_sum, old.gap_tokens + tokens
+                    old.gap_max = max(old.gap_max, gap_max)
         return old
 
     def _max_response_tokens(self, mask: torch.Tensor) -> float:
@@ -432,6 +464,9 @@ class GRPOModule(L.LightningModule):
                         self.hparams.clip_high,
                         self.hparams.dual_clip,
                     )
+                    if self.hparams.tis_cap is not None and "sampling_logprobs" in mb and rows:
+                        tis = truncated_is_weights(old_lp, mb["sampling_logprobs"], self.hparams.tis_cap)
+                        per_token = per_token * tis
                     if self.reference is not None:
                         ref_lp = (
                             torch.stack([old.reference[(part, r)] for r in rows]) if rows else lp.detach()
@@ -471,7 +506,7 @@ class GRPOModule(L.LightningModule):
         the same collective calls whatever its data (lightning_modules/rl_step.py)."""
         started = time.perf_counter()
         # Sampling is seeded per step and rank, so a resumed run draws the same rollouts.
-        torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 7919 + self.global_rank)
+        torch.manual_seed(rollout_seed(self.hparams.seed, self.global_step, self.global_rank))
         collected = self._collect(batch)
         if not collected.kept:  # a global decision: every rank sees the same groups, so all skip together
             self.log("train/filter/empty_steps", 1.0, on_step=True, batch_size=1)
@@ -548,6 +583,9 @@ class GRPOModule(L.LightningModule):
         log("train/dual_clip_fraction", sum(updates.dual_clip) / max(len(updates.dual_clip), 1))
         if updates.kl:
             log("train/kl", sum(updates.kl) / len(updates.kl))
+        if old.gap_tokens:  # this rank's sampled tokens
+            log("train/rollout_logprob_gap/mean", old.gap_sum / old.gap_tokens)
+            log("train/rollout_logprob_gap/max", old.gap_max)
         log("train/entropy", entropy)
         log(
             "train/generation_tokens_per_sec",

@@ -234,3 +234,24 @@ def entropy_from_logits(logits: Tensor, chunk_size: int | None = 1024) -> Tensor
     if not out:
         return flat.new_zeros(shape, dtype=torch.float32)
     return torch.cat(out).reshape(shape)
+
+
+def truncated_is_weights(old_logprobs: Tensor, sampling_logprobs: Tensor, cap: float) -> Tensor:
+    """Truncated importance-sampling weights ``min(exp(logπ_old − logπ_engine), cap)`` per token.
+
+    The rollout engine samples from its own copy of the policy, whose probabilities differ slightly
+    from the trainer's (kernels, precision); these weights correct the policy gradient towards the
+    trainer's π_old. Detached: they scale the loss, they are not optimised.
+    """
+    if cap <= 0:
+        raise ValueError(f"tis_cap must be > 0, got {cap}")
+    log_ratio = (old_logprobs - sampling_logprobs).detach().clamp(max=LOG_RATIO_CLAMP)
+    return torch.exp(log_ratio).clamp(max=cap).nan_to_num(nan=1.0)  # NaN: the engine gave no log-prob
+
+
+def logprob_gap(trainer_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor) -> tuple[float, float, int]:
+    """Sum and max of |trainer − engine| log-probability over the masked tokens, and their count
+    (tokens whose engine log-prob is NaN, i.e. not reported, are left out)."""
+    gap = (trainer_logprobs.detach().double() - engine_logprobs.detach().double()).abs()
+    gap = gap[mask.bool() & ~engine_logprobs.isnan()]
+    return float(gap.sum()), float(gap.max()) if gap.numel() else 0.0, int(gap.numel())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import torch
 
-from lightning_modules.backbone import VisionLanguageBackbone
+from lightning_modules.backbone import VisionLanguageBackbone, response_mask
 
 VISION = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+ROW_LISTS = ("row_media",)  # per-row lists that travel with their rows
 
 
 @dataclass
@@ -22,14 +23,51 @@ class Rollouts:
     group_ids: torch.Tensor  # [R]
     meta: list[dict[str, Any]]  # the prompt's metadata, per row
     generated_tokens: int
+    # [R, T] the engine's log-probabilities of the sampled tokens (0 elsewhere); None if it gives none
+    sampling_logprobs: torch.Tensor | None = None
 
 
-class RolloutEngine(Protocol):
-    """Anything that turns prompts into `Rollouts` (HF generate now; vLLM later)."""
+def rollout_seed(seed: int, step: int, rank: int) -> int:
+    """The sampling seed of one RL step on one rank (HF: the torch seed; vLLM: the requests' base)."""
+    return seed * 1_000_003 + step * 7919 + rank
+
+
+class RolloutEngine:
+    """Turns prompts into `Rollouts`. Subclasses implement ``__call__``; the life-cycle hooks are
+    no-ops here and matter for engines that hold a model of their own (vLLM).
+
+    The module calls, per fit: ``setup`` once; per rollout: ``sync_weights`` (every rank, with the
+    policy's version: the number of optimizer steps) then ``__call__``; ``teardown`` at the end.
+    """
+
+    max_new_tokens: int = 4096
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def setup(self, backbone: VisionLanguageBackbone, rank: int, world_size: int) -> None:
+        """Build what the engine needs (once per fit, after the model is placed and sharded)."""
+
+    def sync_weights(self, backbone: VisionLanguageBackbone, version: int) -> None:
+        """Make the engine sample from ``backbone``'s current weights (a no-op when it samples from
+        the backbone itself). Collective under sharding: every rank calls it with the same version."""
+
+    def wake(self) -> None:
+        """Take back the accelerator memory released by ``sleep``."""
+
+    def sleep(self) -> None:
+        """Release accelerator memory for training."""
+
+    def teardown(self) -> None:
+        """Free the engine (end of fit)."""
 
     def __call__(
-        self, backbone: VisionLanguageBackbone, prompts: dict[str, Any], rollouts_per_prompt: int
-    ) -> Rollouts: ...
+        self,
+        backbone: VisionLanguageBackbone,
+        prompts: dict[str, Any],
+        rollouts_per_prompt: int,
+        seed: int = 0,
+    ) -> Rollouts:
+        raise NotImplementedError
 
 
 def select_rows(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
@@ -68,6 +106,9 @@ def select_rows(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
         out[grid_key] = grid[torch.tensor(items, dtype=torch.long, device=grid.device)]
         if kind == "video" and batch.get("second_per_grid_ts") is not None:
             out["second_per_grid_ts"] = batch["second_per_grid_ts"][torch.tensor(items, dtype=torch.long)]
+    for key in ROW_LISTS:
+        if batch.get(key) is not None:
+            out[key] = [batch[key][r] for r in rows]
     out["meta"] = [batch["meta"][r] for r in rows]
     return out
 
@@ -77,23 +118,88 @@ def repeat_prompts(prompts: dict[str, Any], n: int) -> dict[str, Any]:
     return select_rows(prompts, [r for r in range(len(prompts["meta"])) for _ in range(n)])
 
 
-class HFGenerateEngine:
-    """Rollouts with transformers' ``generate`` (eval mode, no grad).
+def pad_completions(completions: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Token lists as one right-padded [R, T] tensor (T: the longest)."""
+    out = torch.full(
+        (len(completions), max((len(c) for c in completions), default=0)), pad_id, dtype=torch.long
+    )
+    for row, tokens in enumerate(completions):
+        out[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return out
+
+
+def layout_rollouts(
+    backbone: VisionLanguageBackbone,
+    prompts: dict[str, Any],
+    response_ids: torch.Tensor,
+    rollouts_per_prompt: int,
+    sampling_logprobs: torch.Tensor | None = None,
+) -> Rollouts:
+    """Responses ([R, T'] token ids, ``rollouts_per_prompt`` consecutive rows per prompt) laid out as
+    a training batch: each prompt repeated and followed by its responses. Every engine ends here.
+
+    A response is scored up to and including its first end-of-turn token; later tokens become padding.
+    ``sampling_logprobs`` ([R, T'], the engine's) are placed at the same positions.
+    """
+    tok = backbone.tokenizer
+    mask = response_mask(response_ids, backbone.end_token_ids)
+    response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
+    batch = repeat_prompts(prompts, rollouts_per_prompt)
+    device = batch["input_ids"].device
+    response_ids, mask = response_ids.to(device), mask.to(device)
+    prompt_len = batch["input_ids"].shape[1]
+    batch["input_ids"] = torch.cat([batch["input_ids"], response_ids], dim=1)
+    batch["attention_mask"] = torch.cat(
+        [batch["attention_mask"], mask.to(batch["attention_mask"].dtype)], dim=1
+    )
+    if batch.get("mm_token_type_ids") is not None:
+        pad = torch.zeros_like(mask, dtype=batch["mm_token_type_ids"].dtype)
+        batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], pad], dim=1)
+    full_mask = torch.zeros_like(batch["input_ids"])
+    full_mask[:, prompt_len:] = mask
+    sampled = None
+    if sampling_logprobs is not None:
+        sampled = torch.zeros(batch["input_ids"].shape, dtype=torch.float32, device=device)
+        engine = sampling_logprobs.to(device=device, dtype=torch.float32)
+        sampled[:, prompt_len:] = torch.where(
+            mask.bool(), engine, torch.zeros_like(engine)
+        )  # NaN: not reported
+    texts = tok.batch_decode(response_ids, skip_special_tokens=True)
+    groups = torch.arange(len(texts) // rollouts_per_prompt).repeat_interleave(rollouts_per_prompt)
+    return Rollouts(batch, full_mask, texts, groups, batch["meta"], int(mask.sum()), sampled)
+
+
+class HFGenerateEngine(RolloutEngine):
+    """Rollouts with transformers' ``generate`` (eval mode, no grad), from the policy itself.
 
     Args:
         temperature: sampling temperature (released: 1.0).
         top_p: nucleus mass (released: 1.0).
         max_new_tokens: response length cap (released: 4,096).
+        cache_implementation: ``generate``'s KV cache; ``static`` pre-allocates it at full length
+            (fixed shapes, for ``torch.compile``); ``None`` keeps the dynamic cache.
     """
 
-    def __init__(self, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 4096):
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 4096,
+        cache_implementation: Literal["static", "dynamic"] | None = None,
+    ):
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.cache_implementation = cache_implementation
 
     def __call__(
-        self, backbone: VisionLanguageBackbone, prompts: dict[str, Any], rollouts_per_prompt: int
+        self,
+        backbone: VisionLanguageBackbone,
+        prompts: dict[str, Any],
+        rollouts_per_prompt: int,
+        seed: int = 0,
     ) -> Rollouts:
         was_training = backbone.training
         backbone.eval()
+        extra = {"cache_implementation": self.cache_implementation} if self.cache_implementation else {}
         try:
             out = backbone.generate(
                 prompts,
@@ -101,26 +207,8 @@ class HFGenerateEngine:
                 temperature=self.temperature,
                 top_p=self.top_p,
                 max_new_tokens=self.max_new_tokens,
+                **extra,
             )
         finally:
             backbone.train(was_training)
-        batch = repeat_prompts(prompts, rollouts_per_prompt)
-        response_mask = out["response_mask"]
-        prompt_len = batch["input_ids"].shape[1]
-        batch["input_ids"] = out["sequences"]
-        batch["attention_mask"] = torch.cat(
-            [batch["attention_mask"], response_mask.to(batch["attention_mask"].dtype)], dim=1
-        )
-        if batch.get("mm_token_type_ids") is not None:
-            pad = torch.zeros_like(response_mask, dtype=batch["mm_token_type_ids"].dtype)
-            batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], pad], dim=1)
-        full_mask = torch.zeros_like(batch["input_ids"])
-        full_mask[:, prompt_len:] = response_mask
-        tok = backbone.tokenizer
-        texts = tok.batch_decode(
-            out["response_ids"] * response_mask + tok.pad_token_id * (1 - response_mask),
-            skip_special_tokens=True,
-        )
-        rows = out["sequences"].shape[0]
-        groups = torch.arange(rows // rollouts_per_prompt).repeat_interleave(rollouts_per_prompt)
-        return Rollouts(batch, full_mask, texts, groups, batch["meta"], int(response_mask.sum()))
+        return layout_rollouts(backbone, prompts, out["response_ids"], rollouts_per_prompt)

@@ -34,7 +34,13 @@ from datamodules.media import stage_media
 from datamodules.records import load_records
 from lightning_modules.backbone import VisionLanguageBackbone
 from lightning_modules.grpo import GRPOModule
-from lightning_modules.rollout import HFGenerateEngine, Rollouts, repeat_prompts
+from lightning_modules.rollout import (
+    HFGenerateEngine,
+    RolloutEngine,
+    Rollouts,
+    layout_rollouts,
+    pad_completions,
+)
 from lightning_modules.sharding import ShardingSettings
 
 N = 4  # rollouts per prompt
@@ -50,32 +56,19 @@ def toy_accuracy(pred: str, gt: str, variant: str = "released") -> float:
     return 0.0 if gt == "zero" else (zlib.crc32(pred.encode()) % 997) / 996
 
 
-class ScriptedEngine:
+class ScriptedEngine(RolloutEngine):
     """Answers row j of prompt p with ``<answer>{p}.{j}</answer>`` (the same text in every run)."""
 
     max_new_tokens = 16
 
-    def __call__(self, backbone: VisionLanguageBackbone, prompts: dict[str, Any], n: int) -> Rollouts:
+    def __call__(
+        self, backbone: VisionLanguageBackbone, prompts: dict[str, Any], n: int, seed: int = 0
+    ) -> Rollouts:
         tok = backbone.tokenizer
         end = tok.convert_tokens_to_ids("<|im_end|>")
         texts = [f"<answer>{m['problem_id']}.{j}</answer>" for m in prompts["meta"] for j in range(n)]
         ids = [tok.encode(t, add_special_tokens=False) + [end] for t in texts]
-        width = max(len(i) for i in ids)
-        response = torch.full((len(ids), width), tok.pad_token_id)
-        mask = torch.zeros(len(ids), width, dtype=torch.long)
-        for r, row in enumerate(ids):
-            response[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
-        batch = repeat_prompts(prompts, n)
-        prompt_len = batch["input_ids"].shape[1]
-        batch["input_ids"] = torch.cat([batch["input_ids"], response], 1)
-        batch["attention_mask"] = torch.cat([batch["attention_mask"], mask], 1)
-        if batch.get("mm_token_type_ids") is not None:
-            batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(mask)], 1)
-        full = torch.zeros_like(batch["input_ids"])
-        full[:, prompt_len:] = mask
-        groups = torch.arange(len(prompts["meta"])).repeat_interleave(n)
-        return Rollouts(batch, full, texts, groups, batch["meta"], int(mask.sum()))
+        return layout_rollouts(backbone, prompts, pad_completions(ids, tok.pad_token_id), n)
 
 
 class FixedBatches(L.LightningDataModule):
