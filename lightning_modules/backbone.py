@@ -148,7 +148,7 @@ class VisionLanguageBackbone(nn.Module):
         freeze_projector: keep the vision-to-language merger fixed.
         gradient_checkpointing: recompute activations in the backward pass.
         lora: LoRA settings; ``None`` trains the full model.
-        seed: initialisation seed of the ``tiny`` preset.
+        seed: initialisation seed of the ``tiny`` preset and of the LoRA adapters.
         logprob_chunk_size: rows of logits computed at once by `token_logprobs`.
         tiny_hidden: hidden size of the ``tiny`` preset's language model.
         tiny_layers: decoder layers of the ``tiny`` preset.
@@ -222,7 +222,11 @@ class VisionLanguageBackbone(nn.Module):
             model.config.use_cache = False
         self.lora = lora
         if lora is not None:
-            model = self._add_lora(model, lora)
+            # Seeded here, not by the caller's RNG: sharded (FSDP2) ranks never broadcast parameters,
+            # so every rank must draw the same adapter weights by itself.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                model = self._add_lora(model, lora)
         self.model = model
 
     @staticmethod

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 
 import rewards
+from datamodules.collate import RowMedia
 from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages, task_key
 from lightning_modules.backbone import (
     VisionLanguageBackbone,
@@ -312,7 +313,7 @@ class GRPOModule(L.LightningModule):
         if self._lockstep_forwards():
             batch, _ = placeholder_row(self.backbone, self.device)
             meta = {"problem_id": "placeholder", "problem_type": "", "data_type": "image", "media": []}
-            self._generate({**batch, "meta": [meta]}, 1, part)
+            self._generate({**batch, "meta": [meta], "row_media": [RowMedia()]}, 1, part)
         return []
 
     def _next_resample_batch(self) -> dict[str, Any] | None:

@@ -24,6 +24,8 @@ from lightning_modules.rollout import RolloutEngine, Rollouts, layout_rollouts, 
 from lightning_modules.rollout_requests import build_requests, request_seed, sampling_params
 from lightning_modules.vllm_weights import load_into_vllm, policy_weights
 
+SLEEP_TAGS = ("weights", "kv_cache")  # what vLLM's sleep mode releases and wake_up takes back
+
 
 def build_llm(**kwargs: Any) -> Any:
     """``vllm.LLM(**kwargs)`` (the one import of vLLM)."""
@@ -140,15 +142,15 @@ class VLLMColocateEngine(RolloutEngine):
 
     def wake(self, tags: list[str] | None = None) -> None:
         """Wake the sleeping parts named (``weights``, ``kv_cache``; default both)."""
-        waking = [t for t in (tags or ["weights", "kv_cache"]) if t in self._sleeping]
+        waking = [t for t in (tags or SLEEP_TAGS) if t in self._sleeping]
         if waking:
             self.llm.wake_up(tags=waking)
             self._sleeping -= set(waking)
 
     def sleep(self) -> None:
-        if not self._sleeping:
+        if self._sleeping != set(SLEEP_TAGS):  # something is awake
             self.llm.sleep(level=self.sleep_level)
-            self._sleeping = {"weights", "kv_cache"}
+            self._sleeping = set(SLEEP_TAGS)
             if self.sleep_level >= 2:
                 self.loaded_version = None  # level 2 drops the weights
 

@@ -482,6 +482,18 @@ def test_gradient_checkpointing_matches_plain_backward(sft_records, family: str)
 # --------------------------------------------------------------------------- LoRA
 
 
+def test_lora_initialisation_ignores_the_callers_rng():
+    """FSDP2 ranks never broadcast parameters: each must draw the same adapters whatever its RNG state."""
+    torch.manual_seed(1)
+    a = VisionLanguageBackbone("tiny", seed=0, lora=LoraSettings(r=4, alpha=8))
+    torch.manual_seed(2)
+    b = VisionLanguageBackbone("tiny", seed=0, lora=LoraSettings(r=4, alpha=8))
+    c = VisionLanguageBackbone("tiny", seed=1, lora=LoraSettings(r=4, alpha=8))
+    lora_a = lambda bb: [p for n, p in bb.named_parameters() if "lora_A" in n]  # noqa: E731
+    assert all(torch.equal(x, y) for x, y in zip(lora_a(a), lora_a(b)))
+    assert not all(torch.equal(x, y) for x, y in zip(lora_a(a), lora_a(c)))
+
+
 def perturb_lora(bb: VisionLanguageBackbone) -> None:
     """LoRA B starts at zero (an identity adapter); give it weights so merging is visible."""
     gen = torch.Generator().manual_seed(0)
