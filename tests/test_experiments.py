@@ -109,6 +109,21 @@ def test_gpu_recipe_is_a_valid_config(recipe: Path, trainer: str, tmp_path: Path
     assert printed["trainer"]["precision"] == "32-true"
 
 
+def test_one_switch_selects_the_vllm_engine(tmp_path: Path):
+    """The shared fragment, or one flag, puts the vLLM engine in the 8B RL recipe (parsed here, no vLLM)."""
+    shared = [EXPERIMENTS / "shared" / "trainer_fsdp.yaml", EXPERIMENTS / "shared" / "logger_wandb.yaml"]
+    recipe = EXPERIMENTS / "ema_grpo_qwen3vl_8b.yaml"
+    engine = "lightning_modules.vllm_engine.VLLMColocateEngine"
+    by_fragment = [*config_args([*shared, recipe, EXPERIMENTS / "shared" / "rollout_vllm.yaml"]), "--print_config"]
+    by_flag = [*config_args([*shared, recipe]), f"--model.init_args.rollout.class_path={engine}", "--print_config"]
+    for args in (by_fragment, by_flag):
+        result = onethinker("fit", *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rollout = yaml.safe_load(result.stdout)["model"]["init_args"]["rollout"]
+        assert rollout["class_path"] == engine
+        assert rollout["init_args"]["max_new_tokens"] == 4096 and rollout["init_args"]["sleep_level"] == 1
+
+
 def test_8b_recipes_name_the_sharded_trainer():
     for recipe in GPU_RECIPES:
         assert "experiments/shared/trainer_fsdp.yaml" in recipe.read_text(), recipe.name
