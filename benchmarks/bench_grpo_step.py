@@ -165,6 +165,23 @@ def model_settings(args: argparse.Namespace, backbone: Any) -> dict:
     }
 
 
+def build_engine(name: str, max_new_tokens: int, gpu_memory_utilization: float = 0.5) -> Any:
+    """A rollout engine by name: ``hf`` (dynamic KV cache), ``hf-static`` or ``vllm`` (temperature 1, top-p 1)."""
+    from lightning_modules.rollout import HFGenerateEngine
+
+    if name == "hf":
+        return HFGenerateEngine(max_new_tokens=max_new_tokens)
+    if name == "hf-static":
+        return HFGenerateEngine(max_new_tokens=max_new_tokens, cache_implementation="static")
+    if name == "vllm":
+        from lightning_modules.vllm_engine import VLLMColocateEngine
+
+        return VLLMColocateEngine(
+            max_new_tokens=max_new_tokens, gpu_memory_utilization=gpu_memory_utilization
+        )
+    raise SystemExit(f"unknown engine {name!r}")
+
+
 def sync(args: argparse.Namespace) -> None:
     if args.device == "cuda":
         torch.cuda.synchronize()
@@ -245,7 +262,6 @@ def run_ours(args: argparse.Namespace) -> dict:
 
     from datamodules.collate import Collator, Example
     from lightning_modules.grpo import GRPOModule
-    from lightning_modules.rollout import HFGenerateEngine
 
     P, G, steps = args.prompts, args.group, args.steps
     records = load_prompts(args.suite, P * steps)
@@ -276,7 +292,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     }
     module = GRPOModule(
         backbone,
-        rollout=HFGenerateEngine(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens),
+        rollout=build_engine(args.engine, args.max_new_tokens),
         rollouts_per_prompt=G,
         advantage="grpo",
         filter_groups=False,
@@ -481,6 +497,7 @@ def spawn(side: str, args: argparse.Namespace, suite: Path) -> dict:
         "threads",
         "device",
         "model",
+        "engine",
     ):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
@@ -528,6 +545,8 @@ def main() -> None:
         default=None,
         help="an existing synthetic suite (generated with the same seed) instead of generating one",
     )
+    ap.add_argument("--engine", choices=("hf", "hf-static", "vllm"), default="hf", help="our rollout engine")
+    ap.add_argument("--no-peer", action="store_true", help="run our side only (no TRL)")
     ap.add_argument("--side", choices=("ours", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--suite", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -554,7 +573,8 @@ def main() -> None:
             )
         results: dict[str, list[dict]] = {"ours": [], "trl": []}
         for i in range(args.repeats):
-            for side in ("ours", "trl") if i % 2 == 0 else ("trl", "ours"):
+            sides = ("ours",) if args.no_peer else ("ours", "trl") if i % 2 == 0 else ("trl", "ours")
+            for side in sides:
                 r = spawn(side, args, suite)
                 results[side].append(r)
                 print(
@@ -572,7 +592,8 @@ def main() -> None:
                     + f"; peak RSS after phase (MiB): {r['settings'].get('phase_peak_rss_mib')}",
                     flush=True,
                 )
-    for side in ("ours", "trl"):
+    ran = [side for side in ("ours", "trl") if results[side]]
+    for side in ran:
         print(f"{side} settings: {json.dumps(results[side][0]['settings'])}")
 
     def median(side: str, key: str) -> float:
@@ -584,14 +605,16 @@ def main() -> None:
         f"micro-batch {args.micro_batch}, {args.steps - args.warmup} timed steps after {args.warmup} warm-up, "
         f"threads {results['ours'][0]['threads']}, median of {args.repeats}"
     )
-    print(f"device {args.device}, model {args.model}")
+    print(f"device {args.device}, model {args.model}, our engine {args.engine}")
     print("| side | s/step | generated tokens/s | peak RSS (MiB) | peak GPU allocated (GiB) |")
     print("|---|---:|---:|---:|---:|")
-    for side in ("ours", "trl"):
+    for side in ran:
         print(
             f"| {side} | {median(side, 's_per_step'):.2f} | {median(side, 'tokens_per_s'):.1f} | "
             f"{median(side, 'peak_rss_mib'):.0f} | {median(side, 'peak_gpu_gib'):.1f} |"
         )
+    if args.no_peer:
+        return
     speed = median("trl", "s_per_step") / median("ours", "s_per_step")
     memory = median("ours", "peak_rss_mib") / median("trl", "peak_rss_mib")
     print(

@@ -14,6 +14,7 @@ GPU set-up: ``bash scripts/setup.sh --gpu`` (constraints/gpu-vllm.txt).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import Any, Literal
 
@@ -37,6 +38,18 @@ def build_llm(**kwargs: Any) -> Any:
             "(installs vllm==0.33.0 with constraints/gpu-vllm.txt)"
         ) from err
     return LLM(**kwargs)
+
+
+def single_process_rendezvous() -> None:
+    """The torchrun variables vLLM's external launcher reads, for a run started without torchrun."""
+    import socket
+
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
 
 
 def make_sampling_params(params: dict[str, Any]) -> Any:
@@ -102,6 +115,7 @@ class VLLMColocateEngine(RolloutEngine):
         self.limit_mm_per_prompt = limit_mm_per_prompt or {"image": 8, "video": 2}
         self.llm: Any = None
         self.loaded_version: int | None = None
+        self.loaded_names: set[str] | None = None  # what vLLM reported loaded at the last sync
         self.timestamped_video = True
         self._model_dir: tempfile.TemporaryDirectory | None = None
         self._sleeping: set[str] = set()
@@ -131,6 +145,8 @@ class VLLMColocateEngine(RolloutEngine):
             raise ValueError(
                 f"tensor_parallel_size={self.tensor_parallel_size} does not divide the world size {world_size}"
             )
+        if world_size == 1:
+            single_process_rendezvous()
         # vLLM builds the model from a folder: the policy's config and processor, no weights.
         self._model_dir = tempfile.TemporaryDirectory(prefix="onethinker_vllm_")
         backbone.hf_model.config.save_pretrained(self._model_dir.name)
@@ -161,7 +177,7 @@ class VLLMColocateEngine(RolloutEngine):
         if version == self.loaded_version:
             return
         dtype = getattr(torch, self.dtype)
-        load_into_vllm(self.llm, policy_weights(backbone, dtype=dtype))
+        self.loaded_names = load_into_vllm(self.llm, policy_weights(backbone, dtype=dtype))
         self.loaded_version = version
 
     def teardown(self) -> None:

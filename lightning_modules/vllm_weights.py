@@ -80,14 +80,15 @@ def policy_weights(
         yield vllm_name(name), tensor.to(dtype) if dtype is not None else tensor
 
 
-def load_into_vllm(llm: Any, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+def load_into_vllm(llm: Any, weights: Iterator[tuple[str, torch.Tensor]]) -> set[str] | None:
     """Hand ``weights`` to the model inside a colocated ``vllm.LLM`` (the version-sensitive call).
 
     With ``distributed_executor_backend="external_launcher"`` the model lives in this process; vLLM
     0.33 reaches it through the executor's driver worker. Its ``load_weights`` consumes the iterator
     one tensor at a time and maps names itself (names already in vLLM's form pass unchanged).
+    Returns the names vLLM reports as loaded (its parameter names), if it reports them.
     """
     executor = llm.llm_engine.model_executor
     worker = executor.driver_worker
     worker = getattr(worker, "worker", worker)  # a WorkerWrapperBase holds the worker
-    worker.model_runner.model.load_weights(weights=weights)
+    return worker.model_runner.model.load_weights(weights=weights)

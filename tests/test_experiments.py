@@ -114,8 +114,15 @@ def test_one_switch_selects_the_vllm_engine(tmp_path: Path):
     shared = [EXPERIMENTS / "shared" / "trainer_fsdp.yaml", EXPERIMENTS / "shared" / "logger_wandb.yaml"]
     recipe = EXPERIMENTS / "ema_grpo_qwen3vl_8b.yaml"
     engine = "lightning_modules.vllm_engine.VLLMColocateEngine"
-    by_fragment = [*config_args([*shared, recipe, EXPERIMENTS / "shared" / "rollout_vllm.yaml"]), "--print_config"]
-    by_flag = [*config_args([*shared, recipe]), f"--model.init_args.rollout.class_path={engine}", "--print_config"]
+    by_fragment = [
+        *config_args([*shared, recipe, EXPERIMENTS / "shared" / "rollout_vllm.yaml"]),
+        "--print_config",
+    ]
+    by_flag = [
+        *config_args([*shared, recipe]),
+        f"--model.init_args.rollout.class_path={engine}",
+        "--print_config",
+    ]
     for args in (by_fragment, by_flag):
         result = onethinker("fit", *args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
