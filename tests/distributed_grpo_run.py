@@ -1,9 +1,11 @@
 """A GRPO fit on fixed global batches, in one process or several (run by tests/test_distributed_grpo.py).
 
-    python -m tests.distributed_grpo_run OUT WORLD STRATEGY(ddp|fsdp2) [--engine hf] [--repeats K]
+    python -m tests.distributed_grpo_run OUT WORLD STRATEGY(ddp|fsdp2) [--engine hf|fake-vllm] [--repeats K]
         [--ckpt-dir DIR] [--resume CKPT --skip STEPS] [--drop STEP] [--images]   (from the repository root)
 
-``--engine hf`` samples answers instead (benchmarks/bench_grpo_ranks.py). ``--images`` gives every
+``--engine hf`` samples answers instead (benchmarks/bench_grpo_ranks.py); ``--engine fake-vllm`` runs
+`VLLMColocateEngine` on a recording fake of ``vllm.LLM`` (which answers as the scripted engine does)
+and writes each rank's engine calls to OUT/engine_calls.rank{r}.json. ``--images`` gives every
 prompt an image and trains the vision tower and projector.
 
 Each RL step has a fixed global batch of prompts; rank r gets its share (rows r*B ... r*B+B-1), one
@@ -32,6 +34,7 @@ from callbacks.task_reward_stats import TaskRewardStatsCallback
 from datamodules.collate import Collator, build_example
 from datamodules.media import stage_media
 from datamodules.records import load_records
+from lightning_modules import vllm_engine
 from lightning_modules.backbone import VisionLanguageBackbone
 from lightning_modules.grpo import GRPOModule
 from lightning_modules.rollout import (
@@ -42,6 +45,7 @@ from lightning_modules.rollout import (
     pad_completions,
 )
 from lightning_modules.sharding import ShardingSettings
+from tests.fake_vllm import fake_llm_factory
 
 N = 4  # rollouts per prompt
 # Per step, the global batch as (problem_id, answer) pairs; "zero" groups score 0 and are filtered.
@@ -147,7 +151,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("out", type=Path)
     ap.add_argument("world", type=int)
     ap.add_argument("strategy")
-    ap.add_argument("--engine", choices=("scripted", "hf"), default="scripted")
+    ap.add_argument("--engine", choices=("scripted", "hf", "fake-vllm"), default="scripted")
     ap.add_argument("--repeats", type=int, default=1, help="the steps' batches, this many times over")
     ap.add_argument("--ckpt-dir", type=Path, help="save a checkpoint after every RL step")
     ap.add_argument("--resume", help="checkpoint to resume from")
@@ -181,7 +185,13 @@ def main() -> None:
     manifest.write_text(json.dumps(records))
     frozen = not args.images
     backbone = VisionLanguageBackbone("tiny", seed=0, freeze_vision_tower=frozen, freeze_projector=frozen)
-    engine = ScriptedEngine() if args.engine == "scripted" else HFGenerateEngine(max_new_tokens=16)
+    calls: list = []
+    if args.engine == "fake-vllm":  # VLLMColocateEngine on a recording fake of vllm.LLM
+        vllm_engine.build_llm = fake_llm_factory(calls, {})
+        vllm_engine.make_sampling_params = dict
+        engine: RolloutEngine = vllm_engine.VLLMColocateEngine(max_new_tokens=16)
+    else:
+        engine = ScriptedEngine() if args.engine == "scripted" else HFGenerateEngine(max_new_tokens=16)
     module = GRPOModule(
         backbone, rollout=engine, rollouts_per_prompt=N, advantage="ema_grpo", filter_groups=True,
         max_resample=0, prompts_per_update=1, micro_batch_size=8, seed=0,
@@ -202,6 +212,7 @@ def main() -> None:
     )  # fmt: skip
     dm = FixedBatches(manifest, backbone.processor, args.repeats, args.skip, args.drop)
     trainer.fit(module, datamodule=dm, ckpt_path=args.resume)
+    (out / f"engine_calls.rank{trainer.global_rank}.json").write_text(json.dumps(calls))
     if trainer.is_global_zero:
         print(f"MEMBERS {trainer.world_size} done")
 

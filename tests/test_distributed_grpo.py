@@ -117,3 +117,18 @@ def test_trainable_vision_tower_with_a_text_only_rank(one_process_vision, strate
     for step, (a, b) in enumerate(zip(one, two)):
         assert b["advantages"] == pytest.approx(a["advantages"], abs=1e-12), step
         assert b["update_losses"] == pytest.approx(a["update_losses"], abs=1e-5), step
+
+
+@pytest.mark.slow
+def test_vllm_engine_keeps_ranks_in_step_under_fsdp2(tmp_path: Path):
+    """`VLLMColocateEngine` (on a fake vLLM) under FSDP2: in RL step 2 rank 0 has no prompts, yet it
+    joins every weight gather and generate call; the run equals one process on the same batches."""
+    one = run(tmp_path / "one", 1, "ddp", "--engine", "fake-vllm", "--drop", "1")
+    two = run(tmp_path / "two", 2, "fsdp2", "--engine", "fake-vllm", "--drop", "1")
+    for step, (a, b) in enumerate(zip(one, two)):
+        assert b["advantages"] == pytest.approx(a["advantages"], abs=1e-12), step
+        assert b["update_losses"] == pytest.approx(a["update_losses"], abs=1e-5), step
+    calls = [json.loads((tmp_path / "two" / f"engine_calls.rank{r}.json").read_text()) for r in range(2)]
+    kinds = [[c[0] for c in rank] for rank in calls]
+    assert kinds[0] == kinds[1]  # the same loads, wakes, generates and sleeps on both ranks
+    assert kinds[0].count("load") == 2 and kinds[0].count("generate") == 2  # one per RL step

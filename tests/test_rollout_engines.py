@@ -31,6 +31,7 @@ from lightning_modules.rollout import (
 from lightning_modules.rollout_requests import build_requests, request_seed, sampling_params
 from lightning_modules.vllm_engine import VLLMColocateEngine, completion_tokens
 from lightning_modules.vllm_weights import policy_weights, vllm_name
+from tests.fake_vllm import ENGINE_LOGPROB, FakeLLM, fake_llm_factory
 from tests.test_backbone import perturb_lora
 from tests.test_grpo import grpo_run, media_files, mixed_prompts, mixed_task_manifest, tiny_media, toy_rewards  # noqa: F401
 
@@ -255,62 +256,12 @@ def test_lora_is_merged_as_peft_merges_it():
 # --------------------------------------------------------------------------- the engine's call order
 
 
-ENGINE_LOGPROB = -50.0  # far below the tiny model's (about -12): π_old/π_engine is huge, any cap binds
-
-
-class FakeLLM:
-    """Records what a colocated engine asks of ``vllm.LLM``; answers every prompt with fixed text."""
-
-    drop_stop_token = True  # on odd samples, as some vLLM versions do
-
-    def __init__(self, calls: list, tokenizer: Any, end_id: int, **engine_args: Any):
-        self.calls, self.engine_args, self.loaded = calls, engine_args, {}
-        self.tokenizer, self.end_id = tokenizer, end_id
-        model = SimpleNamespace(load_weights=self._load_weights)
-        worker = SimpleNamespace(worker=SimpleNamespace(model_runner=SimpleNamespace(model=model)))
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker))
-        calls.append(("init",))
-
-    def _load_weights(self, weights):
-        self.loaded = dict(weights)
-        self.calls.append(("load", len(self.loaded)))
-
-    def wake_up(self, tags=None):
-        self.calls.append(("wake", tuple(tags)))
-
-    def sleep(self, level=1):
-        self.calls.append(("sleep", level))
-
-    def generate(self, prompts, params, use_tqdm=True):
-        self.calls.append(("generate", len(prompts)))
-        outputs = []
-        for row, (prompt, p) in enumerate(zip(prompts, params)):
-            assert p["seed"] >= 0 and "prompt_token_ids" in prompt
-            completions = []
-            for j in range(p["n"]):
-                ids = self.tokenizer.encode(f"<answer>{row}.{j}</answer>", add_special_tokens=False)
-                ids = ids + [self.end_id] if j % 2 == 0 or not self.drop_stop_token else ids
-                steps = [{t: SimpleNamespace(logprob=ENGINE_LOGPROB)} for t in ids]
-                completions.append(
-                    SimpleNamespace(
-                        token_ids=ids, logprobs=steps, finish_reason="stop", stop_reason=self.end_id
-                    )
-                )
-            outputs.append(SimpleNamespace(outputs=completions))
-        return outputs
-
-
 @pytest.fixture
 def fake_vllm(monkeypatch):
     calls: list = []
     holder: dict[str, FakeLLM] = {}
 
-    def build(**kwargs):
-        tok = build_processor("qwen3_vl").tokenizer
-        holder["llm"] = FakeLLM(calls, tok, tok.convert_tokens_to_ids("<|im_end|>"), **kwargs)
-        return holder["llm"]
-
-    monkeypatch.setattr(vllm_engine, "build_llm", build)
+    monkeypatch.setattr(vllm_engine, "build_llm", fake_llm_factory(calls, holder))
     monkeypatch.setattr(vllm_engine, "make_sampling_params", dict)
     return calls, holder
 
