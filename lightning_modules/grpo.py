@@ -14,6 +14,7 @@ from lightning.pytorch.cli import OptimizerCallable
 
 import rewards
 from datamodules.collate import RowMedia
+from lightning_modules.advantage_diagnostics import advantage_diagnostics
 from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages, task_key
 from lightning_modules.backbone import (
     VisionLanguageBackbone,
@@ -43,6 +44,7 @@ from lightning_modules.rl_step import (
 from lightning_modules.rollout import HFGenerateEngine, RolloutEngine, Rollouts, rollout_seed, select_rows
 from lightning_modules.schedules import WarmupSchedule
 from lightning_modules.sharding import ShardingSettings, configure_sharding
+from lightning_modules.step_metrics import log_step_metrics
 
 REWARD_FIELDS = ("overall", "accuracy", "format", "structure")
 
@@ -528,8 +530,11 @@ class GRPOModule(L.LightningModule):
         )
         for g in groups:
             kept[g.key].append(float(passes_filter(g, metric, band, enabled)))
-        for key, flags in kept.items():
-            self.log(f"train/filter_pass_rate/{key}", sum(flags) / len(flags), on_step=True, batch_size=1)
+        self._log_task_metrics({f"train/filter_pass_rate/{key}": sum(f) / len(f) for key, f in kept.items()})
+
+    def _log_task_metrics(self, metrics: dict[str, float]) -> None:
+        """Metrics of the tasks in this step's batch, logged for this step only (step_metrics.py)."""
+        log_step_metrics(self, metrics)
 
     def _log_step(
         self,
@@ -566,15 +571,19 @@ class GRPOModule(L.LightningModule):
         for f in REWARD_FIELDS:
             log(f"train/reward/{f}", mean(kept, f))
         log("train/response_length", mean(kept, "length"))
+        tasks: dict[str, float] = {}
         for key, groups in by_key.items():
             for f in REWARD_FIELDS:
-                log(f"train/reward/{f}/{key}", mean(groups, f))
-            log(f"train/response_length/{key}", mean(groups, "length"))
+                tasks[f"train/reward/{f}/{key}"] = mean(groups, f)
+            tasks[f"train/response_length/{key}"] = mean(groups, "length")
             stats = result.per_key.get(key, {})
             if "zero_std_groups" in stats:
-                log(f"train/zero_std_groups/{key}", stats["zero_std_groups"])
+                tasks[f"train/zero_std_groups/{key}"] = stats["zero_std_groups"]
             if "ema_std" in stats:
-                log(f"train/ema_sigma_used/{key}", stats["ema_std"])
+                tasks[f"train/adv/sigma/{key}"] = stats["ema_std"]
+        for key, values in self._diagnostics(kept, result).items():
+            tasks.update({f"train/adv/{name}/{key}": value for name, value in values.items()})
+        self._log_task_metrics(tasks)
         self._log_filter(collected.groups)
         log("train/zero_std_groups", result.zero_std_groups)
         log("train/guarded_groups", result.guarded_groups)
@@ -596,6 +605,17 @@ class GRPOModule(L.LightningModule):
         log("train/agreement_seconds", collected.agreement_seconds)
         log("train/lr", self.optimizers().param_groups[0]["lr"])
         self.last_rollouts = self._local_rollouts(collected, result)
+
+    def _diagnostics(self, kept: list[GroupRecord], result: AdvantageResult) -> dict[str, dict[str, float]]:
+        """Per-task advantage diagnostics of the step's global kept batch (advantage_diagnostics.py)."""
+        n = self.hparams.rollouts_per_prompt
+        return advantage_diagnostics(
+            result.advantages,
+            torch.tensor([r for g in kept for r in g.scores["overall"]], dtype=torch.float64),
+            torch.arange(len(kept)).repeat_interleave(n),
+            [g.key for g in kept for _ in range(n)],
+            torch.tensor([t for g in kept for t in g.tokens], dtype=torch.float64),
+        )
 
     def _local_rollouts(self, collected: Collected, result: AdvantageResult) -> dict[str, Any]:
         """This rank's kept rows, for the rollout table: parts, scores, advantages and metadata."""

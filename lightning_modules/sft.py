@@ -18,6 +18,7 @@ from lightning_modules.backbone import (
 )
 from lightning_modules.schedules import WarmupSchedule
 from lightning_modules.sharding import ShardingSettings, configure_sharding, total_grad_norm
+from lightning_modules.step_metrics import log_step_metrics
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -77,15 +78,14 @@ class SFTModule(L.LightningModule):
     def _log_step(self, split: str, loss: torch.Tensor, tasks: dict, size: int) -> None:
         on_step = split == "train"
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=size)
+        if on_step:  # this step's tasks only: a task absent from the step logs nothing
+            log_step_metrics(
+                self, {f"train/loss/{task}": float(t / c) for task, (t, c) in tasks.items() if c}
+            )
+            return
         for task, (total, count) in tasks.items():
             if count:
-                self.log(
-                    f"{split}/loss/{task}",
-                    total / count,
-                    on_step=on_step,
-                    on_epoch=not on_step,
-                    batch_size=count,
-                )
+                self.log(f"{split}/loss/{task}", total / count, on_epoch=True, batch_size=count)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()

@@ -95,7 +95,8 @@ def trainer(max_steps: int, callbacks: list[L.Callback], **kw: Any) -> L.Trainer
 
 
 class LogSpy:
-    """Records every ``module.log`` call as (global_step, name, value), the callbacks' calls included."""
+    """Records every ``module.log`` call and every per-task metric as (global_step, name, value), the
+    callbacks' calls included."""
 
     def __init__(self, module: L.LightningModule):
         self.module, self.calls = module, []
@@ -106,6 +107,13 @@ class LogSpy:
             real(name, value, *args, **kwargs)
 
         module.log = log  # type: ignore[method-assign]
+        real_tasks = module._log_task_metrics
+
+        def log_tasks(metrics: dict[str, float]) -> None:
+            self.calls += [(module.global_step, name, float(v)) for name, v in metrics.items()]
+            real_tasks(metrics)
+
+        module._log_task_metrics = log_tasks  # type: ignore[method-assign]
 
     def steps(self) -> dict[str, list[float]]:
         """name -> the values logged, in order."""
@@ -527,3 +535,33 @@ def test_advantages_stay_float32_under_bf16_true(toy_rewards, tmp_path: Path, mo
     grpo_run(mixed_task_manifest(tmp_path), 1, filter_groups=False, advantage="grpo",
              trainer_kw={"precision": "bf16-true"})  # fmt: skip
     assert seen and all(d == torch.float32 for d in seen)
+
+
+def test_a_task_absent_from_a_step_logs_nothing_for_it(toy_rewards, tmp_path: Path):
+    """The CSV a real fit writes holds a per-task value only at the steps whose batch had the task:
+    as many cells as the module logged, never an earlier step's value repeated (Lightning repeats
+    on-step metrics that a later step does not log again). The advantage diagnostics are there."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from experiments.ablate import read_task_curves
+
+    csv = CSVLogger(tmp_path, name="csv", version=0)
+    module, spy, *_ = grpo_run(
+        mixed_task_manifest(tmp_path),
+        6,
+        trainer_kw={"logger": csv, "log_every_n_steps": 1},
+        max_resample=0,
+        seed=5,
+    )
+    path = tmp_path / "csv" / "version_0" / "metrics.csv"
+    logged = spy.steps()
+    written = read_task_curves(path, "train/filter_pass_rate")
+    steps_with_logs = len(read_task_curves(path, "train/reward/overall")["all"][0])
+    for task in ("OCR", "numerical"):
+        assert len(written[task][0]) == len(logged[f"train/filter_pass_rate/{task}"]), task
+    assert min(len(written[t][0]) for t in ("OCR", "numerical")) < steps_with_logs  # some step lacked a task
+    shares = read_task_curves(path, "train/adv/mass_share")
+    assert shares["numerical"][1] == pytest.approx(np.ones_like(shares["numerical"][1]))  # the only kept task
+    assert "numerical" in read_task_curves(path, "train/adv/sigma") and "numerical" in read_task_curves(
+        path, "train/adv/amplified"
+    )
