@@ -240,7 +240,22 @@ def run_ablation(
     ok = {(r["advantage"], r["seed"]): Path(r["dir"]) for r in runs if r["returncode"] == 0}
     summary = summarize(ok, out_dir, name=name, last_k=last_k, advantages=advantages, seeds=seeds)
     failed = [f"{r['advantage']}/seed{r['seed']}" for r in runs if r["returncode"] != 0]
-    return {"name": name, "out": str(out_dir), "runs": runs, "failed": failed, **summary}
+    counterfactual = None
+    if not failed:  # every estimator on the same recorded rollouts (needs RewardRecordCallback)
+        from experiments.counterfactual import CounterfactualError, run_counterfactual
+
+        try:
+            counterfactual = run_counterfactual(out_dir, list(advantages), seeds, name)
+        except CounterfactualError as err:
+            warnings.warn(str(err), stacklevel=2)
+    return {
+        "name": name,
+        "out": str(out_dir),
+        "runs": runs,
+        "failed": failed,
+        "counterfactual": counterfactual,
+        **summary,
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,10 +58,23 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from experiments.ablate import run_ablation
+    from experiments.ablate import run_ablation, seed_list
 
     advantages = [a.strip() for a in args.advantages.split(",") if a.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if "," in args.seeds else int(args.seeds)
+    if args.counterfactual:
+        from experiments.counterfactual import CounterfactualError, run_counterfactual
+
+        try:
+            result = run_counterfactual(args.out, advantages, seed_list(seeds), args.name or "")
+        except CounterfactualError as err:
+            print(err, file=sys.stderr)
+            return 2
+        print(f"plot: {result['plot']}\ntable: {result['table']}")
+        return 0
+    if not args.config:
+        print("onethinker ablate: --config is required (except with --counterfactual)", file=sys.stderr)
+        return 2
     result = run_ablation(
         args.config,
         advantages,
@@ -126,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a GRPO recipe once per advantage estimator and seed; plot and tabulate per-task rewards",
         description="Extra `onethinker fit` overrides go after `--`, e.g. `-- --trainer.max_steps=20`.",
     )
-    ablate.add_argument("--config", action="append", required=True, help="a fit config (repeat, in order)")
+    ablate.add_argument("--config", action="append", default=[], help="a fit config (repeat, in order)")
     ablate.add_argument("--advantages", default="grpo,dr_grpo,ema_grpo", help="comma-separated estimators")
     ablate.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma-separated list")
     ablate.add_argument("--out", required=True, help="output folder (one sub-folder per run, plot, table)")
@@ -137,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--last-k", type=int, default=5, help="final reward = mean of the last K logged steps"
     )
     ablate.add_argument("--skip-done", action="store_true", help="keep runs that already finished")
+    ablate.add_argument(
+        "--counterfactual",
+        action="store_true",
+        help="no fits: recompute every estimator on the recorded rewards of the runs under --out",
+    )
     ablate.add_argument("overrides", nargs="*", help="`onethinker fit` overrides for every run (after `--`)")
     ablate.set_defaults(run=_ablate)
 

@@ -192,6 +192,7 @@ class GRPOModule(L.LightningModule):
         self.reward_ema: TaskRewardEMA | None = None
         self.reference: torch.nn.Module | None = None
         self._resample_iter: Any = None
+        self.last_step: dict[str, Any] | None = None  # the last RL step's global figures (None: skipped)
 
     # -- wiring -------------------------------------------------------------------------------
     def attach_reward_ema(self, ema: TaskRewardEMA) -> None:
@@ -510,15 +511,18 @@ class GRPOModule(L.LightningModule):
         started = time.perf_counter()
         # Sampling is seeded per step and rank, so a resumed run draws the same rollouts.
         torch.manual_seed(rollout_seed(self.hparams.seed, self.global_step, self.global_rank))
+        self.last_step = None
         collected = self._collect(batch)
         if not collected.kept:  # a global decision: every rank sees the same groups, so all skip together
             self.log("train/filter/empty_steps", 1.0, on_step=True, batch_size=1)
             self._log_filter(collected.groups)
             return
+        ema_before = self.reward_ema.state_dict() if self.reward_ema is not None else None
         result, advantages = self._advantages(collected.kept)
         old = self._old_logprobs(collected, advantages)
         updates = self._update(collected, advantages, old)
         self._log_step(collected, result, old, updates, time.perf_counter() - started)
+        self.last_step["ema_before"] = ema_before  # type: ignore[index]
 
     # -- logging -------------------------------------------------------------------------------
     def _log_filter(self, groups: list[GroupRecord]) -> None:
@@ -559,6 +563,10 @@ class GRPOModule(L.LightningModule):
             "update_losses": [float(v) for v in losses],
             "step_seconds": step_seconds,
             "agreement_seconds": collected.agreement_seconds,
+            # what the step's advantages were computed from (callbacks/reward_record.py records it)
+            "groups": [
+                {"key": g.key, "overall": list(g.scores["overall"]), "tokens": list(g.tokens)} for g in kept
+            ],
         }
         by_key: dict[str, list[GroupRecord]] = defaultdict(list)
         for g in kept:

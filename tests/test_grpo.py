@@ -378,6 +378,7 @@ def grpo_run(
     ckpt_dir: Path | None = None,
     ckpt_path: str | None = None,
     trainer_kw: dict[str, Any] | None = None,
+    extra_callbacks: list[L.Callback] = (),
     **module_kw: Any,
 ) -> tuple[GRPOModule, LogSpy, OneThinkerDataModule, TaskRewardStatsCallback, list]:
     backbone = VisionLanguageBackbone("tiny", seed=0)
@@ -407,7 +408,7 @@ def grpo_run(
     )
     dm.connect(backbone.processor)
     stats = TaskRewardStatsCallback()
-    callbacks: list[L.Callback] = [stats]
+    callbacks: list[L.Callback] = [stats, *extra_callbacks]
     if ckpt_dir is not None:
         callbacks.append(
             ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1, filename="{step}")
