@@ -460,4 +460,7 @@ def summarize(
     else:
         warnings.warn("ablate: no run produced reward curves; no plot written", stacklevel=2)
     (out / "ablation_final.json").write_text(json.dumps(final, indent=1))
-    return {"final": final, "plot": plot, "table": str(table)}
+    from experiments.ablate_outcomes import write_outcomes
+
+    heldout = write_outcomes(run_dirs, out, advantages)
+    return {"final": final, "plot": plot, "table": str(table), "heldout": heldout}

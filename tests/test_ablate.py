@@ -400,3 +400,37 @@ def test_smoke_tiny_ablation(tmp_path):
     ]
     assert Path(result["plot"]).exists()
     assert {"grpo", "ema_grpo"} <= set(result["final"]["all"])
+
+
+def test_heldout_outcomes_hand_computed(tmp_path):
+    """Last held-out value per run; mean and 95% t-interval over 3 seeds; paired difference to EMA-GRPO.
+    ema_grpo finals 0.5, 0.6, 0.7: mean 0.6, std 0.1, half-width t(0.975, 2) = 4.302653 × 0.1 / √3.
+    grpo finals 0.4, 0.45, 0.65: paired differences −0.1, −0.15, −0.05, mean −0.1, std 0.05."""
+    from experiments.ablate_outcomes import outcome_summary, write_outcomes
+
+    finals = {"ema_grpo": [0.5, 0.6, 0.7], "grpo": [0.4, 0.45, 0.65]}
+    runs = {}
+    for adv, values in finals.items():
+        for seed, value in enumerate(values):
+            run = tmp_path / adv / f"seed{seed}"
+            columns = {
+                "val/reward/overall/math": [(4, 0.0), (8, value)],
+                "train/reward/overall/math": [(1, 0.3)],
+            }
+            write_metrics(run / "csv" / "version_0" / "metrics.csv", columns)
+            runs[(adv, seed)] = run
+    summary = outcome_summary(runs, "val/reward/overall")
+    ema, grpo = summary["math"]["ema_grpo"], summary["math"]["grpo"]
+    half = 4.302653 * 0.1 / 3**0.5
+    assert ema["mean"] == pytest.approx(0.6) and (ema["lo"], ema["hi"]) == (
+        pytest.approx(0.6 - half),
+        pytest.approx(0.6 + half),
+    )
+    assert ema["paired"] is None and ema["n"] == 3
+    paired = grpo["paired"]
+    assert paired["mean"] == pytest.approx(-0.1) and paired["hi"] == pytest.approx(
+        -0.1 + 4.302653 * 0.05 / 3**0.5
+    )
+    path = write_outcomes(runs, tmp_path, ["grpo", "ema_grpo"])
+    text = Path(path).read_text()
+    assert "| math | 0.500 [" in text and "Δ grpo" in text and "val/sampled_reward" not in text
