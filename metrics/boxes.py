@@ -50,14 +50,16 @@ def to_xyxy(boxes: Tensor, box_format: str) -> Tensor:
     return torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], -1)
 
 
-def got10k_clip(boxes: Tensor, width: float, height: float) -> Tensor:
-    """Clip xywh boxes as got10k's `rect_iou(bound=...)` does.
+def got10k_clip(boxes: Tensor, width: float | Tensor, height: float | Tensor) -> Tensor:
+    """Clip xywh boxes as got10k's `rect_iou(bound=...)` does (``width``/``height``: one bound, or one per row).
 
     x to [0, W] and y to [0, H], then w to [0, W - x] and h to [0, H - y] using the clipped x, y.
     A box lying fully outside the image therefore becomes zero-area at the image edge.
     """
-    x = boxes[:, 0].clamp(0, width)
-    y = boxes[:, 1].clamp(0, height)
+    width = torch.as_tensor(width, dtype=boxes.dtype, device=boxes.device)
+    height = torch.as_tensor(height, dtype=boxes.dtype, device=boxes.device)
+    x = torch.minimum(boxes[:, 0].clamp(min=0), width)
+    y = torch.minimum(boxes[:, 1].clamp(min=0), height)
     w = torch.minimum(boxes[:, 2].clamp(min=0), width - x)
     h = torch.minimum(boxes[:, 3].clamp(min=0), height - y)
     return torch.stack([x, y, w, h], -1)

@@ -62,43 +62,83 @@ class AverageOverlap(NanPredictionCount):
 
     def update(
         self,
-        preds: Tensor,
-        target: Tensor,
-        visible: Tensor | None = None,
-        image_size: tuple[float, float] | None = None,
+        preds: Tensor | Sequence[Tensor],
+        target: Tensor | Sequence[Tensor],
+        visible: Tensor | Sequence[Tensor | None] | None = None,
+        image_size: tuple[float, float] | Sequence[tuple[float, float] | None] | None = None,
     ) -> None:
-        """Add one sequence: boxes [N, 4], optional `visible` bool [N], optional `image_size` (W, H)."""
-        preds, target, nan_rows = check_boxes(preds, target)
-        n = target.shape[0]
-        keep = self._check_visible(visible, n, target.device)
+        """Add one sequence (boxes [N, 4], optional `visible` bool [N], optional `image_size` (W, H)),
+        or many: lists of those, scored in one vectorised pass with the same result as one call each."""
+        if isinstance(target, Tensor):
+            self._update_sequences([preds], [target], [visible], [image_size])
+        else:
+            self._update_sequences(preds, target, visible, image_size)
+
+    def _update_sequences(
+        self,
+        preds: Sequence[Tensor],
+        target: Sequence[Tensor],
+        visible: Sequence[Tensor | None] | None = None,
+        image_size: Sequence[tuple[float, float] | None] | None = None,
+    ) -> None:
+        """Sequences are concatenated and scored together: per-row image bounds for the got10k clip, a
+        per-sequence first-frame drop, and per-video means (onethinker) by scatter over sequence ids.
+        """
+        k = len(target)
+        visible = list(visible) if visible is not None else [None] * k
+        image_size = list(image_size) if image_size is not None else [None] * k
+        if not (len(preds) == k == len(visible) == len(image_size)):
+            raise ValueError(
+                "`preds`, `target`, `visible` and `image_size` must list the same number of sequences"
+            )
+        if k == 0:
+            return
+        lengths = []
+        for p, t in zip(preds, target):
+            if not (isinstance(p, Tensor) and isinstance(t, Tensor)) or p.shape != t.shape or t.ndim != 2:
+                check_boxes(p, t)  # raises its clear error for this sequence
+            lengths.append(t.shape[0])
+        preds_all, target_all, nan_rows = check_boxes(torch.cat(list(preds)), torch.cat(list(target)))
+        device = target_all.device
+        keep = torch.cat([self._check_visible(v, n, device) for v, n in zip(visible, lengths)])
+        counts = torch.tensor(lengths, device=device)
+        seq = torch.repeat_interleave(torch.arange(k, device=device), counts)
         if self.protocol == "got10k":
-            if n == 0:
+            if min(lengths) == 0:
                 raise ValueError("`target` must hold at least frame 0 for protocol='got10k'")
-            keep[0] = False  # `keep` is always a fresh tensor
-            both = to_xywh(torch.cat([preds, target]), self.box_format)
-            if image_size is not None:
-                both = got10k_clip(both, *self._check_image_size(image_size))
+            starts = torch.cumsum(counts, 0) - counts
+            keep[starts] = False
+            both = to_xywh(torch.cat([preds_all, target_all]), self.box_format)
+            if any(size is not None for size in image_size):
+                bounds = [self._check_image_size(s) if s is not None else (1.0, 1.0) for s in image_size]
+                wh = torch.tensor(bounds, dtype=torch.float64, device=device)[seq].repeat(2, 1)
+                bounded = torch.tensor([s is not None for s in image_size], device=device)[seq].repeat(2)
+                both = torch.where(bounded[:, None], got10k_clip(both, wh[:, 0], wh[:, 1]), both)
+            n = target_all.shape[0]
             iou = got10k_iou(both[:n], both[n:])
         else:
-            if image_size is not None:
+            if any(size is not None for size in image_size):
                 raise ValueError(
                     "`image_size` is only used by protocol='got10k' (the OneThinker script does not clip)"
                 )
-            iou = xyxy_iou(to_xyxy(preds, self.box_format), to_xyxy(target, self.box_format))
-        iou = iou.masked_fill(nan_rows, 0.0)[keep]
-        thr = self._thr.to(iou.device)
+            iou = xyxy_iou(to_xyxy(preds_all, self.box_format), to_xyxy(target_all, self.box_format))
+        iou = iou.masked_fill(nan_rows, 0.0)
+        thr = self._thr.to(device)
         dev = self.iou_sum.device
         self.num_nan_preds += (nan_rows & keep).sum().to(dev)
         if self.protocol == "got10k":
+            iou = iou[keep]
             self.iou_sum += iou.sum().to(dev)
             self.count += iou.numel()
             self.hits += (iou[:, None] > thr).sum(0).to(dev)
         else:
-            # The script's mean over GT seconds; a video with none scores 0.
-            video = iou.mean() if iou.numel() else torch.zeros((), dtype=torch.float64, device=iou.device)
-            self.iou_sum += video.to(dev)
-            self.count += 1
-            self.hits += (video >= thr).long().to(dev)
+            # The script's mean over GT seconds per video; a video with none scores 0.
+            scored = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, seq[keep], iou[keep])
+            frames = torch.bincount(seq[keep], minlength=k).to(torch.float64)
+            video = torch.where(frames > 0, scored / frames.clamp(min=1), torch.zeros_like(scored))
+            self.iou_sum += video.sum().to(dev)
+            self.count += k
+            self.hits += (video[:, None] >= thr).sum(0).to(dev)
 
     @staticmethod
     def _check_visible(visible: Tensor | None, n: int, device: torch.device) -> Tensor:

@@ -195,3 +195,48 @@ def test_onethinker_protocol_matches_python_reference() -> None:
     assert out["AO"].item() == pytest.approx(means.mean(), abs=1e-12)
     for t in (0.3, 0.5, 0.7):
         assert out[f"R@{t}"].item() == pytest.approx(np.mean(means >= t), abs=1e-12)
+
+
+@pytest.mark.parametrize("protocol", ["got10k", "onethinker"])
+def test_one_batched_update_equals_one_update_per_sequence(protocol: str) -> None:
+    """Sequences of different lengths and image sizes (some unbounded), NaN predictions and hidden
+    frames: one `update` with lists gives the same AO, success rates and NaN count as one `update` each, and
+    (got10k) the toolkit's values."""
+    rng = np.random.default_rng(3)
+    seqs = []
+    for i in range(20):
+        n = int(rng.integers(1 if protocol == "onethinker" else 2, 40))
+        w, h = float(rng.integers(50, 400)), float(rng.integers(50, 400))
+        preds, target, visible = _random_sequence(rng, n, w, h)
+        preds[rng.random(n) < 0.05] = np.nan
+        bound = (w, h) if protocol == "got10k" and i % 3 else None
+        seqs.append((torch.from_numpy(preds), torch.from_numpy(target), torch.from_numpy(visible), bound))
+    one_by_one, batched = AverageOverlap(protocol=protocol), AverageOverlap(protocol=protocol)
+    for p, t, v, b in seqs:
+        one_by_one.update(p, t, visible=v, image_size=b)
+    batched.update([s[0] for s in seqs], [s[1] for s in seqs], [s[2] for s in seqs], [s[3] for s in seqs])
+    want, got = one_by_one.compute(), batched.compute()
+    assert want.keys() == got.keys()
+    for key in want:
+        assert got[key].item() == pytest.approx(want[key].item(), abs=1e-12), key
+    assert batched.nan_predictions() == one_by_one.nan_predictions() > 0
+    if protocol == "got10k":
+        ious = [
+            np.nan_to_num(rect_iou(np.nan_to_num(p.numpy()[1:]), t.numpy()[1:].copy(), bound=b), nan=0.0)[
+                v.numpy()[1:]
+            ]
+            for p, t, v, b in seqs
+        ]
+        ao, sr, _, _ = ExperimentGOT10k._evaluate(None, np.concatenate(ious), [])  # type: ignore[arg-type]
+        assert got["AO"].item() == pytest.approx(ao, abs=1e-12) and got["SR@0.5"].item() == pytest.approx(
+            sr, abs=1e-12
+        )
+
+
+def test_batched_update_needs_aligned_lists() -> None:
+    m = AverageOverlap()
+    box = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match="same number of sequences"):
+        m.update([box, box], [box])
+    with pytest.raises(ValueError, match="same shape"):
+        m.update([box], [box[:1]])
