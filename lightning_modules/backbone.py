@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lightning_modules.processing import build_processor, vision_token_ids
@@ -106,11 +107,16 @@ def gather_token_logprobs(
 
     Each chunk is checkpointed, so neither the forward nor the backward pass ever holds more than
     [chunk_size, vocab] logits, in float32 at least (float64 stays float64). With ``with_entropy``
-    the entropy of each row's distribution comes back too.
+    the entropy of each row's distribution comes back too. At temperature 1 without entropy (SFT,
+    the GRPO update) a chunk is one fused cross-entropy: no temperature pass over [chunk, vocab] and
+    no dense backward of the gather.
     """
     dtype = score_dtype(hidden.dtype)
+    fused = temperature == 1.0 and not with_entropy
 
     def chunk_scores(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if fused:  # log_softmax + gather in one kernel whose backward is softmax − one-hot
+            return -F.cross_entropy(lm_head(h).to(dtype), t, reduction="none"), h.new_zeros(0, dtype=dtype)
         logits = lm_head(h).to(dtype) / temperature
         log_z = torch.logsumexp(logits, dim=-1)
         picked = logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - log_z

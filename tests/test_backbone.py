@@ -208,6 +208,29 @@ def test_token_logprobs_match_naive_log_softmax(logprob_case, chunk: int, temper
     assert compared > len(params) // 2
 
 
+def test_fused_cross_entropy_path_equals_the_log_softmax_path_in_float32():
+    """Temperature 1 without entropy takes one fused cross-entropy per chunk; its log-probs and
+    gradients equal the log-softmax + gather path (taken when the entropy is asked for) within 1e-5."""
+    gen = torch.Generator().manual_seed(0)
+    head = nn.Linear(32, 1000, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.3)
+    hidden = torch.randn(50, 32, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 1000, (50,), generator=gen)
+    weights = torch.randn(50, generator=gen)
+    results = []
+    for with_entropy in (False, True):
+        out = gather_token_logprobs(hidden, head, targets, chunk_size=16, with_entropy=with_entropy)
+        logp = out[0] if with_entropy else out
+        grads = torch.autograd.grad((logp * weights).sum(), [hidden, head.weight])
+        results.append((logp.detach(), grads))
+    (fused, g_fused), (plain, g_plain) = results
+    assert fused.dtype == torch.float32 and fused.shape == (50,)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("model_dtype", "score"),
     [(torch.bfloat16, torch.float32), (torch.float32, torch.float32), (torch.float64, torch.float64)],
