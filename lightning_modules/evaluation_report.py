@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 SUMMARY = "summary.md"
+log = logging.getLogger(__name__)
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, int]:
@@ -39,6 +41,23 @@ def decode_mask(rle: dict[str, Any]) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
+def drop_torn_tail(path: Path) -> int:
+    """Cut a JSONL file back to its last complete line (a writer killed mid-row leaves a fragment with
+    no newline); returns the bytes removed, with a warning naming the file."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with path.open("r+b") as f:
+        f.truncate(keep)
+    log.warning(
+        "%s: dropped an unfinished last row (%d bytes) left by an interrupted run", path, len(data) - keep
+    )
+    return len(data) - keep
+
+
 class PredictionStore:
     """predictions.jsonl under ``output_dir``, appended batch by batch.
 
@@ -51,6 +70,8 @@ class PredictionStore:
         self.dir = Path(output_dir)
         self.path = self.dir / PREDICTIONS
         self.shard = self.path if world_size == 1 else self.dir / f"predictions.rank{rank}.jsonl"
+        for path in {self.path, self.shard}:  # later rows must not be glued to a killed writer's fragment
+            drop_torn_tail(path)
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:

@@ -184,6 +184,32 @@ def test_interrupted_run_resumes_to_the_same_metrics(suite, synthetic_processor,
     assert rerun["benchmarks"] == reference["benchmarks"]
 
 
+def test_a_row_torn_mid_write_is_redone(suite, synthetic_processor, tmp_path, caplog):
+    """A run killed while writing a row leaves a fragment; the re-run cuts it off (with a warning),
+    predicts that record again, and its metrics.json equals an uninterrupted run's."""
+    reference = run_eval(
+        suite,
+        tmp_path / "whole",
+        OracleBackbone(synthetic_processor, box_shift=BOX_SHIFT),
+        synthetic_processor,
+    )
+    stopped = OracleBackbone(synthetic_processor, box_shift=BOX_SHIFT, fail_after=3)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run_eval(suite, tmp_path / "torn", stopped, synthetic_processor)
+    path = tmp_path / "torn" / "predictions.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # the last row, cut mid-write
+    again = OracleBackbone(synthetic_processor, box_shift=BOX_SHIFT)
+    with caplog.at_level("WARNING"):
+        resumed = run_eval(suite, tmp_path / "torn", again, synthetic_processor)
+    assert "dropped an unfinished last row" in caplog.text
+    total = reference["benchmarks"]["eval"]["samples"]
+    assert resumed["run"]["predicted_now"] == total - 11  # the torn record is predicted again
+    assert resumed["benchmarks"] == reference["benchmarks"]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == total and len({(r["benchmark"], r["problem_id"]) for r in rows}) == total
+
+
 DDP_SCRIPT = """
 import json, sys
 import lightning as L
