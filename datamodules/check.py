@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datamodules.media import MediaError, PixelBudget, load_image, load_video
-from datamodules.records import Record, RecordError, RecordKind, iter_records
+from datamodules.records import ManifestError, Record, RecordError, RecordKind, _raw_items, iter_records
 
 # Small decode budget: the check only proves a file decodes.
 _PROBE = PixelBudget(1024, 32 * 32 * 4)
@@ -27,13 +26,17 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        return not self.invalid and not self.bad_media
+        return self.records > 0 and not self.invalid and not self.bad_media
 
     def render(self) -> str:
         lines = [
             f"{self.path} ({self.kind}): {self.records} valid records, {len(self.invalid)} invalid, {len(self.bad_media)} bad media"
         ]
+        if not self.records and not self.invalid:
+            lines.append("  the manifest holds no records")
         for name, counter in self.counts.items():
+            if not counter:
+                continue
             lines.append(f"  by {name}:")
             lines += [f"    {value or '<empty>'}: {n}" for value, n in sorted(counter.items())]
         if self.invalid:
@@ -46,9 +49,17 @@ class CheckReport:
 
 
 def detect_kind(path: str | Path) -> RecordKind:
-    """Guess the record kind from the first record's keys."""
-    text = Path(path).read_text(encoding="utf-8").lstrip()
-    first = json.loads(text)[0] if text.startswith("[") else json.loads(text.splitlines()[0])
+    """Guess the record kind from the first record's keys (`ManifestError` / `RecordError` when the
+    file is missing, empty, not JSON, or its first record is not an object)."""
+    path = Path(path)
+    item = next(_raw_items(path), None)
+    if item is None:
+        raise ManifestError(path, "the manifest holds no records")
+    where, first, parse_error = item
+    if parse_error is not None:
+        raise ManifestError(path, f"{where} is not valid JSON ({parse_error})")
+    if not isinstance(first, dict):
+        raise ManifestError(path, f"{where} is a {type(first).__name__}, expected a JSON object")
     if "messages" in first:
         return "sft"
     if "solution" in first or "path" in first:

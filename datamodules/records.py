@@ -27,6 +27,14 @@ class RecordError(ValueError):
         super().__init__(f"{path}: {where} (problem_id={problem_id}): field '{field_name}': {message}")
 
 
+class ManifestError(ValueError):
+    """A manifest file that cannot be read as records at all (missing, empty, not JSON)."""
+
+    def __init__(self, path: str | Path, message: str):
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")
+
+
 @dataclass(frozen=True)
 class ChatTurn:
     role: Literal["user", "assistant"]
@@ -296,7 +304,12 @@ def validate_record(
 
 def _raw_items(path: Path) -> Iterator[tuple[str, Any, Exception | None]]:
     """(where, raw object, parse error) for each record of a JSON list or JSONL file."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(path, "manifest file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ManifestError(path, f"cannot be read as a UTF-8 text manifest ({err})") from None
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -304,6 +317,8 @@ def _raw_items(path: Path) -> Iterator[tuple[str, Any, Exception | None]]:
             raise RecordError(
                 path, f"line {e.lineno}", None, "<json>", f"malformed JSON list: {e.msg}"
             ) from e
+        if not isinstance(items, list):
+            raise ManifestError(path, "expected a JSON list of records or JSON lines")
         for i, item in enumerate(items):
             yield f"record {i}", item, None
         return
@@ -347,6 +362,8 @@ def load_records(path: str | Path, kind: RecordKind, media_root: str | Path | No
         if isinstance(item, RecordError):
             raise item
         records.append(item)
+    if not records:
+        raise ManifestError(path, "the manifest holds no records")
     return records
 
 

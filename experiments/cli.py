@@ -25,10 +25,16 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _data_check(args: argparse.Namespace) -> int:
     from datamodules.check import check_manifest
+    from datamodules.records import ManifestError, RecordError
 
     ok = True
     for manifest in args.manifests:
-        report = check_manifest(manifest, args.kind, args.media_root, decode=not args.no_decode)
+        try:
+            report = check_manifest(manifest, args.kind, args.media_root, decode=not args.no_decode)
+        except (ManifestError, RecordError) as err:
+            print(f"onethinker data check: {err}", file=sys.stderr)
+            ok = False
+            continue
         print(report.render())
         ok &= report.ok
     return 0 if ok else 1
@@ -173,12 +179,23 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        from experiments.lightning_cli import run_lightning_cli
+        from experiments.lightning_cli import config_error, run_lightning_cli
 
+        problem = config_error(argv)
+        if problem:
+            print(f"onethinker {argv[0]}: {problem}", file=sys.stderr)
+            return 2
         run_lightning_cli(argv)
         return 0
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    from datamodules.records import ManifestError, RecordError
+    from experiments.export import CheckpointError
+
+    try:
+        return args.run(args)
+    except (ManifestError, RecordError, CheckpointError) as err:  # the user's file: one line, no traceback
+        print(f"onethinker {argv[0] if argv else ''}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

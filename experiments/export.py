@@ -15,6 +15,12 @@ import torch
 from lightning_modules.backbone import LoraSettings, VisionLanguageBackbone
 
 PREFIX = "backbone."
+
+
+class CheckpointError(ValueError):
+    """A path that is not a checkpoint ``onethinker export`` can read."""
+
+
 SHARDED_META = "meta.pt"  # Lightning's file of non-tensor state next to the shards
 SHARDED_WEIGHTS = "state_dict"  # the model's entry in ModelParallelStrategy's distributed checkpoint
 
@@ -22,7 +28,7 @@ SHARDED_WEIGHTS = "state_dict"  # the model's entry in ModelParallelStrategy's d
 def _backbone(checkpoint: str | Path, meta: dict[str, Any]) -> VisionLanguageBackbone:
     init = dict(meta.get("backbone_init") or {})
     if not init:
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint}: no 'backbone_init' entry; was it written by an onethinker LightningModule?"
         )
     if init.get("lora") is not None:
@@ -41,7 +47,18 @@ def _check_fit(checkpoint: str | Path, missing: list[str], unexpected: list[str]
 
 def load_file_checkpoint(checkpoint: Path) -> VisionLanguageBackbone:
     """The backbone of a single-file ``.ckpt``."""
-    state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    if not checkpoint.is_file():
+        raise CheckpointError(
+            f"{checkpoint}: no such checkpoint (expected a .ckpt file or a sharded checkpoint folder)"
+        )
+    try:
+        state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises pickle, zip and runtime errors for a file that is not one
+        raise CheckpointError(
+            f"{checkpoint}: not a readable Lightning checkpoint ({type(err).__name__}: {err}); a save cut short?"
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"{checkpoint}: not a Lightning checkpoint (no 'state_dict' entry)")
     backbone = _backbone(checkpoint, state)
     weights = {k[len(PREFIX) :]: v for k, v in state["state_dict"].items() if k.startswith(PREFIX)}
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
@@ -55,7 +72,9 @@ def load_sharded_checkpoint(checkpoint: Path) -> VisionLanguageBackbone:
 
     meta_file = checkpoint / SHARDED_META
     if not meta_file.is_file():
-        raise ValueError(f"{checkpoint}: a folder but not a sharded Lightning checkpoint (no {SHARDED_META})")
+        raise CheckpointError(
+            f"{checkpoint}: a folder but not a sharded Lightning checkpoint (no {SHARDED_META})"
+        )
     backbone = _backbone(checkpoint, torch.load(meta_file, map_location="cpu", weights_only=False))
     stored = {
         k[len(SHARDED_WEIGHTS) + 1 + len(PREFIX) :]

@@ -6,6 +6,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from experiments.cli import main
 
 
@@ -87,3 +89,61 @@ def test_tiny_preset_with_synthetic_vocabulary_runs(media_dir):
     out = b.generate(dict(batch), max_new_tokens=3, do_sample=False)
     assert out["response_ids"].shape == (1, 3) and int(out["response_ids"].max()) < len(b.tokenizer)
     assert torch.isfinite(b.token_logprobs(dict(batch), torch.ones_like(batch["input_ids"]))).all()
+
+
+# --------------------------------------------------------------------------- a user's mistakes: one line, no traceback
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("", "holds no records"),
+        ("[]", "holds no records"),
+        ("not json", "is not valid JSON"),
+        ("[1]", "expected a JSON object"),
+    ],
+)
+def test_data_check_names_the_file_and_fails(tmp_path, capsys, content: str, says: str):
+    from experiments.cli import main
+
+    path = tmp_path / "m.json"
+    path.write_text(content)
+    assert main(["data", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and says in err and "Traceback" not in err
+    assert main(["data", "check", "--kind", "rl", str(path)]) == 1  # an empty manifest is not a pass either
+
+
+def test_an_empty_manifest_in_fit_is_named(tmp_path):
+    from datamodules.datamodule import OneThinkerDataModule
+    from datamodules.records import ManifestError
+
+    path = tmp_path / "train.json"
+    path.write_text("[]")
+    dm = OneThinkerDataModule(mode="rl", train_manifests=[str(path)])
+    with pytest.raises(ManifestError, match=rf"{path}: the manifest holds no records"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint", b"PK\x03\x04 cut short"])
+def test_export_of_a_missing_or_broken_checkpoint(tmp_path, capsys, content: bytes | None):
+    from experiments.cli import main
+
+    ckpt = tmp_path / "last.ckpt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and ("no such checkpoint" in err or "not a readable Lightning checkpoint" in err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_malformed_config_is_named(tmp_path, capsys):
+    from experiments.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_steps: [1\n")
+    assert main(["fit", "--config", str(bad)]) == 2
+    assert f"--config {bad}: not valid YAML" in capsys.readouterr().err
+    assert main(["fit", f"--config={tmp_path / 'missing.yaml'}"]) == 2
+    assert "missing.yaml: no such file" in capsys.readouterr().err
