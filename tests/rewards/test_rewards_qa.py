@@ -129,6 +129,23 @@ def test_ocr(pred: str, gt: str, acc: float) -> None:
     assert ocr_accuracy(pred, gt) == pytest.approx(acc)
 
 
+def test_rouge_scores_a_huge_response_quickly_on_its_first_words() -> None:
+    """A 200k-word response (about 20 s of ROUGE-L uncapped) is scored on its first ROUGE_MAX_WORDS
+    words: quickly, and as those words alone would score."""
+    import time
+
+    from rewards.qa import ROUGE_MAX_WORDS
+
+    gt = "the cat sat on the mat"
+    head = ("the cat sat " * ROUGE_MAX_WORDS).split()[:ROUGE_MAX_WORDS]
+    huge = " ".join(head + ["dog"] * 200_000)
+    started = time.perf_counter()
+    value = rouge_accuracy(gt, huge)
+    assert time.perf_counter() - started < 5.0
+    assert value == pytest.approx(rouge_accuracy(gt, " ".join(head)))
+    assert rouge_accuracy(gt, "the cat sat on the mat") == pytest.approx(1.0)  # short texts unchanged
+
+
 def test_open_ended_rouge_hand_computed() -> None:
     # R1 F = 2/3, R2 F = 1/2 ({the cat} of 2 bigrams each), RL F = 2/3 (LCS "the cat")
     assert rouge_accuracy("the cat sat", "the cat ran") == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
