@@ -86,7 +86,7 @@ def _overrides(out: Path, recipe: Path, name: str, data: dict[str, Any], trainer
     path = out / f"demo_{name}_overrides.yaml"
     config = {
         "trainer": {"default_root_dir": str(out), "logger": logger, "callbacks": callbacks, **trainer},
-        "data": data,
+        "data": {**data, "synthetic_suite": None},  # the demo wrote its suite under out already
     }
     path.write_text(yaml.safe_dump(config))
     return path

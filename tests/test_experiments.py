@@ -58,7 +58,7 @@ def suite(suite_paths: dict[str, Path]) -> Path:
 def recipe_overrides(recipe: Path, paths: dict[str, Path]) -> list[str]:
     """Point a demo recipe at the test's suite (and the GRPO recipe at a fresh tiny model)."""
     mode = yaml.safe_load(recipe.read_text())["data"]["mode"]
-    args = [f"--data.train_manifests=[{paths[mode]}]", "--data.num_workers=0"]
+    args = [f"--data.train_manifests=[{paths[mode]}]", "--data.num_workers=0", "--data.synthetic_suite=null"]
     if mode == "rl":
         args += [
             "--model.init_args.backbone.init_args.model_name_or_path=tiny",
@@ -87,6 +87,18 @@ def test_cpu_recipe_fast_dev_run(recipe: Path, suite_paths: dict[str, Path], tmp
         "Trainer.fit` stopped" in result.stdout + result.stderr
         or "fast_dev_run" in result.stdout + result.stderr
     )
+
+
+@pytest.mark.slow
+def test_demo_sft_config_runs_alone_in_a_fresh_folder(tmp_path: Path):
+    """No `onethinker synth` first: the recipe writes the demo's synthetic suite on first use."""
+    result = onethinker(
+        "fit", *config_args([*SHARED_CPU, EXPERIMENTS / "shared" / "logger_demo.yaml", EXPERIMENTS / "demo" / "sft.yaml"]),
+        "--trainer.fast_dev_run=1", "--trainer.logger=false", "--data.num_workers=0", "--data.synthetic_per_task=1",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "outputs" / "demo" / "synthetic" / "sft.json").is_file()
 
 
 SHARDED_TRAINERS = {"trainer_fsdp.yaml": (1, "auto"), "trainer_hsdp.yaml": ("auto", "auto")}
