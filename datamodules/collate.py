@@ -231,6 +231,7 @@ class Collator:
         if self.mode == "rl":  # for rollout engines with a processor of their own (vLLM)
             batch["row_media"] = [row_media(ex) for ex in examples]
         batch["skipped"] = dict(skipped)
+        batch["skip_examples"] = [it.reason for it in items if isinstance(it, Skipped)][:3]
         batch["positions"] = positions
         return batch
 

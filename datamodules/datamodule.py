@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collate import Collator, Example, Mode, Skipped, load_example
@@ -44,6 +45,10 @@ class RecordDataset(Dataset):
         return item
 
 
+class SkippedDataError(RuntimeError):
+    """Too much of the training data was skipped (bad media, too long) for the run to mean anything."""
+
+
 class OneThinkerDataModule(L.LightningDataModule):
     """OneThinker data for one stage.
 
@@ -72,6 +77,10 @@ class OneThinkerDataModule(L.LightningDataModule):
         max_frames: frames per video at most.
         on_bad_media: ``error`` raises `MediaError`; ``skip`` drops the row, counted per task.
         max_length: rows with more tokens are dropped and counted (SFT uses 16,384).
+        max_skip_fraction: stop training with an error once more than this share of the train rows
+            read so far was skipped (bad media, too long), summed over ranks; checked every
+            ``skip_check_rows`` rows per rank, and at the end of a shorter run that skipped every row.
+        skip_check_rows: rows per rank between two checks of ``max_skip_fraction``.
         synthetic_suite: when set, write the synthetic suite (``per_task`` samples of each task, seed
             0) into this folder first unless its manifests are there (demo and tests; ``prepare_data``).
         synthetic_per_task: samples per task of that suite.
@@ -100,6 +109,8 @@ class OneThinkerDataModule(L.LightningDataModule):
         max_frames: int = 128,
         on_bad_media: Literal["error", "skip"] = "error",
         max_length: int | None = None,
+        max_skip_fraction: float = 0.5,
+        skip_check_rows: int = 64,
         synthetic_suite: str | None = None,
         synthetic_per_task: int = 4,
     ):
@@ -109,6 +120,9 @@ class OneThinkerDataModule(L.LightningDataModule):
         self.processor: Any = None
         self.records: dict[str, list[Record]] = {}
         self.skipped: Counter[str] = Counter()
+        self.rows_read = 0  # train rows this rank's main stream delivered (kept or skipped)
+        self.rows_skipped = 0
+        self._skip_examples: list[str] = []
         self._excluded: set[tuple[str, int]] = set()
         self._sampler: MixedTaskSampler | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -268,7 +282,44 @@ class OneThinkerDataModule(L.LightningDataModule):
         positions = [p for p in batch.get("positions", []) if p is not None]
         if positions and self._sampler is not None:
             self._sampler.consumed(*max(positions))
+        if positions:  # a train batch
+            before = self.rows_read
+            self.rows_read += len(positions)
+            self.rows_skipped += sum(batch.get("skipped", {}).values())
+            self._skip_examples += batch.get("skip_examples", [])[: 3 - len(self._skip_examples)]
+            every = self.hparams.skip_check_rows
+            if self.rows_read // every > before // every:  # every rank crosses at the same batch
+                self._check_skips()
         return batch
+
+    def _check_skips(self) -> None:
+        """Fail once more than ``max_skip_fraction`` of the train rows read (all ranks) were skipped."""
+        read, skipped = self.rows_read, self.rows_skipped
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            counts = trainer.strategy.reduce(
+                torch.tensor([read, skipped], dtype=torch.float64), reduce_op="sum"
+            )
+            read, skipped = (int(v) for v in counts.tolist())
+        if read and skipped / read > self.hparams.max_skip_fraction:
+            raise SkippedDataError(self._skip_message(read, skipped))
+
+    def _skip_message(self, read: int, skipped: int) -> str:
+        reasons = ", ".join(f"{k}: {n}" for k, n in sorted(self.skipped.items()))
+        examples = "".join(f"\n  {e}" for e in self._skip_examples)
+        return (
+            f"{skipped} of the {read} train rows read were skipped (more than data.max_skip_fraction="
+            f"{self.hparams.max_skip_fraction}); by reason: {reasons}. First ones:{examples or ' (none recorded)'}"
+        )
+
+    def teardown(self, stage: str) -> None:
+        # A run shorter than one check that skipped every row trained on nothing.
+        trainer = getattr(self, "trainer", None)
+        single = trainer is None or trainer.world_size == 1
+        if stage == "fit" and single and self.rows_read and self.rows_skipped == self.rows_read:
+            raise SkippedDataError(
+                self._skip_message(self.rows_read, self.rows_skipped) + "\nNothing was trained on."
+            )
 
     def state_dict(self) -> dict[str, Any]:
         main = self._sampler.state_dict() if self._sampler is not None else dict(self._pending_state or {})
@@ -277,12 +328,18 @@ class OneThinkerDataModule(L.LightningDataModule):
             if self._resample_sampler is not None
             else dict(self._pending_resample or {})
         )
-        return {"sampler": main, "resample_sampler": extra, "skipped": dict(self.skipped)}
+        return {
+            "sampler": main,
+            "resample_sampler": extra,
+            "skipped": dict(self.skipped),
+            "rows": [self.rows_read, self.rows_skipped],
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending_state = state_dict.get("sampler") or None
         self._pending_resample = state_dict.get("resample_sampler") or None
         self.skipped = Counter(state_dict.get("skipped", {}))
+        self.rows_read, self.rows_skipped = state_dict.get("rows", [0, 0])
         if self._sampler is not None and self._pending_state:
             self._sampler.load_state_dict(self._pending_state)
         if self._resample_sampler is not None and self._pending_resample:

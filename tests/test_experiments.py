@@ -267,3 +267,31 @@ def test_eval_family_config_names_the_authors_files(family: Path, tmp_path: Path
     manifests = printed["data"]["test_manifests"]
     assert manifests and all(Path(m).name.startswith("eval_") and m.endswith(".json") for m in manifests)
     assert printed["data"]["mode"] == "eval" and printed["trainer"]["strategy"] == "ddp"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("steps", [1, 4])
+def test_a_fit_on_skipped_rows_only_fails_with_the_counts(
+    suite_paths: dict[str, Path], tmp_path: Path, steps: int
+):
+    """Every row's media is missing (`on_bad_media: skip`): the fit fails, naming counts per reason and
+    the first files, after `skip_check_rows` rows (4 steps) or at the end of a shorter run (1 step)."""
+    import json
+
+    records = json.loads(suite_paths["sft"].read_text())
+    for r in records:
+        for key in ("images", "videos"):
+            if r.get(key):
+                r[key] = [f"missing/{Path(p).name}" for p in r[key]]
+    bad = tmp_path / "bad_sft.json"
+    bad.write_text(json.dumps(records))
+    result = onethinker(
+        "fit", *config_args([*SHARED_CPU, EXPERIMENTS / "shared" / "logger_demo.yaml", EXPERIMENTS / "demo" / "sft.yaml"]),
+        f"--data.train_manifests=[{bad}]", "--data.synthetic_suite=null", "--data.num_workers=0",
+        "--data.skip_check_rows=8", f"--trainer.max_steps={steps}", "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "train rows read were skipped" in result.stderr and "bad_media/" in result.stderr
+    assert "missing/" in result.stderr  # the first files
+    assert ("Nothing was trained on" in result.stderr) == (steps == 1)
