@@ -47,6 +47,7 @@ class Example:
             "data_type": r.data_type,
             "data_source": r.data_source,
             "answer": r.target,
+            "problem": getattr(r, "problem", None),  # the question text (a reward model's prompt)
             "options": list(r.options),
             "media": [str(p) for p in r.media],
             "media_size": list(sizes[0]) if sizes else None,

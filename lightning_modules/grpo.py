@@ -45,6 +45,7 @@ from lightning_modules.rollout import HFGenerateEngine, RolloutEngine, Rollouts,
 from lightning_modules.schedules import WarmupSchedule
 from lightning_modules.sharding import ShardingSettings, configure_sharding
 from lightning_modules.step_metrics import log_step_metrics
+from rewards.reward_model import OpenAIChatRewardScorer
 
 REWARD_FIELDS = ("overall", "accuracy", "format", "structure")
 
@@ -119,6 +120,10 @@ class GRPOModule(L.LightningModule):
         guard_mode: ``fallback`` to the group std (released) or ``clip`` (paper).
         reward_variant: ``released`` (0.9·acc + 0.1·format + structure) or ``paper``.
         reward_workers: process-pool workers for scoring (0: in process).
+        reward_model: a judge for open-ended answers (the paper: POLAR-7B) behind an OpenAI-compatible
+            endpoint, e.g. ``vllm serve <model>``; its scores are min-max normalised per prompt group,
+            and items it fails fall back to ROUGE (counted: ``train/reward_model_failures``).
+            ``None``: ROUGE for every open-ended answer (the released default).
         filter_metric: reward field the online filter reads.
         filter_band: keep a group if low < its mean < high (released: 0.01, 0.99).
         filter_groups: turn online filtering on or off.
@@ -158,6 +163,7 @@ class GRPOModule(L.LightningModule):
         guard_mode: Literal["fallback", "clip"] = "fallback",
         reward_variant: Literal["released", "paper"] = "released",
         reward_workers: int = 0,
+        reward_model: OpenAIChatRewardScorer | None = None,
         filter_metric: Literal["accuracy", "overall"] = "accuracy",
         filter_band: tuple[float, float] = (0.01, 0.99),
         filter_groups: bool = True,
@@ -185,7 +191,8 @@ class GRPOModule(L.LightningModule):
         self.automatic_optimization = False
         self.backbone = backbone
         self.rollout: RolloutEngine = rollout or HFGenerateEngine()
-        self.save_hyperparameters(ignore=["backbone", "rollout", "optimizer", "schedule", "sharding"])
+        self.save_hyperparameters(ignore=["backbone", "rollout", "optimizer", "schedule", "sharding", "reward_model"])
+        self.reward_model = reward_model
         self.sharding = sharding or ShardingSettings()
         self.optimizer_factory = optimizer
         self.schedule = schedule or WarmupSchedule("constant", 0.0)
@@ -251,6 +258,8 @@ class GRPOModule(L.LightningModule):
             variant=self.hparams.reward_variant,
             workers=self.hparams.reward_workers,
             problem_ids=[m["problem_id"] for m in ro.meta],
+            prompts=[m.get("problem") or "" for m in ro.meta] if self.reward_model is not None else None,
+            reward_model=self.reward_model,
         )
         return {f: torch.tensor([getattr(r, f) for r in results], dtype=torch.float32) for f in REWARD_FIELDS}
 
@@ -612,6 +621,8 @@ class GRPOModule(L.LightningModule):
         log("train/step_seconds", step_seconds)
         log("train/agreement_seconds", collected.agreement_seconds)
         log("train/lr", self.optimizers().param_groups[0]["lr"])
+        if self.reward_model is not None:
+            log("train/reward_model_failures", rewards.reward_model_failures())
         self.last_rollouts = self._local_rollouts(collected, result)
 
     def _diagnostics(self, kept: list[GroupRecord], result: AdvantageResult) -> dict[str, dict[str, float]]:

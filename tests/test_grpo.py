@@ -29,7 +29,7 @@ from datamodules.media import PixelBudget, stage_media
 from datamodules.records import load_records
 from lightning_modules.backbone import VisionLanguageBackbone
 from lightning_modules.grpo import GRPOModule
-from lightning_modules.rollout import HFGenerateEngine, repeat_prompts, select_rows
+from lightning_modules.rollout import HFGenerateEngine, Rollouts, repeat_prompts, select_rows
 from tests.conftest import write_bar_video
 from tests.numerics import FLOAT64_MODEL_TOLERANCE, batch_to, float32_sum_atol
 
@@ -566,3 +566,42 @@ def test_a_task_absent_from_a_step_logs_nothing_for_it(toy_rewards, tmp_path: Pa
     assert "numerical" in read_task_curves(path, "train/adv/sigma") and "numerical" in read_task_curves(
         path, "train/adv/amplified"
     )
+
+
+def test_the_reward_model_scores_open_ended_rollouts(tmp_path: Path):
+    """`GRPOModule(reward_model=...)` sends open-ended rollouts to an OpenAI-compatible judge on the
+    loopback: scores are min-max normalised per prompt group; an item the judge fails or lets stall
+    past the per-request timeout falls back to ROUGE (then normalised with its group) and is counted."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from rewards.qa import rouge_accuracy
+    from rewards.reward_model import OpenAIChatRewardScorer, reward_model_failures
+    from tests.rewards.test_rewards_reward_model import _Judge
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        module = GRPOModule(
+            VisionLanguageBackbone("tiny", seed=0), rollouts_per_prompt=3, advantage="grpo",
+            reward_model=OpenAIChatRewardScorer(url=url, model="judge", timeout_s=1.0),
+        )  # fmt: skip
+        answers = ["score=2", "score=6", "score=9", "fail a horse", "stall a horse", "score=4"]
+        meta = [{"problem_id": i // 3, "problem_type": "open-ended", "data_type": "image", "answer": "<answer>a horse</answer>",
+                 "problem": f"Describe picture {i // 3}.", "media": []} for i in range(6)]  # fmt: skip
+        texts = [f"<think>t</think><answer>{a}</answer>" for a in answers]
+        before = reward_model_failures()
+        scores = module._score(Rollouts({}, torch.zeros(6, 1), texts, torch.arange(6) // 3, meta, 6))
+        accuracy = scores["accuracy"].tolist()
+        assert accuracy[:3] == pytest.approx(
+            [0.0, 4 / 7, 1.0], abs=1e-4
+        )  # (0.2, 0.6, 0.9) min-max in group 0
+        assert reward_model_failures() - before == 2
+        # group 1: ROUGE 0.756 for the failed and the stalled item, the judge's 0.4 for the third, then min-max
+        assert rouge_accuracy("a horse", "fail a horse") > 0.4
+        assert accuracy[3:] == pytest.approx([1.0, 1.0, 0.0], abs=1e-4)
+        assert {s["body"]["messages"][0]["content"].count("Describe picture") for s in _Judge.seen} == {1}
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,7 +17,8 @@ from rewards.qa import rouge_accuracy
 
 
 class _Judge(BaseHTTPRequestHandler):
-    """Replies with a score encoded in the answer text: `score=7` -> "7"; `fail` -> HTTP 500."""
+    """Replies with a score encoded in the answer text: `score=7` -> "7"; `fail` -> HTTP 500;
+    `stall` -> no reply for 3 s."""
 
     seen: list[dict] = []
 
@@ -25,6 +27,8 @@ class _Judge(BaseHTTPRequestHandler):
         _Judge.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         text = body["messages"][0]["content"]
         output = text.split("Answer to grade: ", 1)[1]
+        if "stall" in output:
+            time.sleep(3.0)
         if "fail" in output:
             self.send_response(500)
             self.end_headers()
