@@ -88,6 +88,16 @@ def transformer_blocks(backbone: VisionLanguageBackbone) -> tuple[list[nn.Module
     return list(inner.language_model.layers), list(inner.visual.blocks)
 
 
+def hf_gradient_checkpointing(backbone: VisionLanguageBackbone) -> bool:
+    """Whether the Hugging Face model recomputes its layers (``gradient_checkpointing_enable``).
+
+    Read from the layers' ``gradient_checkpointing`` flags, as transformers itself does: the model's
+    property for it is ``is_gradient_checkpointing`` in 5.20 and ``is_activation_checkpointing`` (the old
+    name deprecated) by 5.25.
+    """
+    return any(getattr(m, "gradient_checkpointing", False) for m in backbone.hf_model.modules())
+
+
 def shard_backbone(
     backbone: VisionLanguageBackbone,
     device_mesh: DeviceMesh,
@@ -109,7 +119,7 @@ def shard_backbone(
     from torch.distributed._composable import checkpoint
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-    if activation_checkpointing and backbone.hf_model.is_activation_checkpointing:
+    if activation_checkpointing and hf_gradient_checkpointing(backbone):
         raise ValueError(
             "activation_checkpointing and the backbone's gradient_checkpointing both recompute each layer; "
             "set only one"

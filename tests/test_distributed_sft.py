@@ -23,7 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.sharding import data_parallel_mesh, total_grad_norm, transformer_blocks
+from lightning_modules.sharding import (
+    data_parallel_mesh,
+    hf_gradient_checkpointing,
+    shard_backbone,
+    total_grad_norm,
+    transformer_blocks,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dist_sft_worker.py"
@@ -139,6 +145,21 @@ def test_units_are_the_decoder_layers_and_vision_blocks(family: str, layer: str,
         layers, blocks = transformer_blocks(backbone)
         assert [type(m).__name__ for m in layers] == [layer] * 3
         assert [type(m).__name__ for m in blocks] == [block] * 2
+
+
+def test_activation_checkpointing_refuses_the_backbones_gradient_checkpointing():
+    """Both recompute each layer: sharding refuses the pair before it touches the mesh (the check reads
+    the layers' flags, which transformers 5.20 and 5.25 share; the model's property was renamed)."""
+    from lightning_modules.backbone import VisionLanguageBackbone
+
+    plain = VisionLanguageBackbone("tiny", family="qwen2_5_vl", tiny_layers=2, tiny_vocab="synthetic")
+    ckpt = VisionLanguageBackbone(
+        "tiny", family="qwen2_5_vl", tiny_layers=2, tiny_vocab="synthetic", gradient_checkpointing=True
+    )
+    assert not hf_gradient_checkpointing(plain)
+    assert hf_gradient_checkpointing(ckpt)
+    with pytest.raises(ValueError, match="set only one"):
+        shard_backbone(ckpt, FakeMesh((2,), ("data_parallel",)), activation_checkpointing=True)
 
 
 def test_total_grad_norm_by_hand():
