@@ -159,16 +159,17 @@ def test_shifted_oracle_gives_hand_computed_values(suite, synthetic_processor, t
     assert got["multiple choice/image:accuracy"] == pytest.approx(1.0)  # QA answers are not shifted
 
 
-def test_interrupted_run_resumes_to_the_same_metrics(suite, synthetic_processor, tmp_path):
-    reference = run_eval(
-        suite,
-        tmp_path / "whole",
-        OracleBackbone(synthetic_processor, box_shift=BOX_SHIFT),
-        synthetic_processor,
-    )
-    stopped = OracleBackbone(synthetic_processor, box_shift=BOX_SHIFT, fail_after=3)
+def whole_and_stopped_runs(suite, processor, tmp_path, name: str) -> dict:
+    """An uninterrupted run's report; and a run under ``tmp_path / name`` stopped after 3 batches."""
+    reference = run_eval(suite, tmp_path / "whole", OracleBackbone(processor, box_shift=BOX_SHIFT), processor)
+    stopped = OracleBackbone(processor, box_shift=BOX_SHIFT, fail_after=3)
     with pytest.raises(RuntimeError, match="on purpose"):
-        run_eval(suite, tmp_path / "resumed", stopped, synthetic_processor)
+        run_eval(suite, tmp_path / name, stopped, processor)
+    return reference
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(suite, synthetic_processor, tmp_path):
+    reference = whole_and_stopped_runs(suite, synthetic_processor, tmp_path, "resumed")
     done = (tmp_path / "resumed" / "predictions.jsonl").read_text().splitlines()
     assert len(done) == 12  # three batches of four were written before the stop
     again = OracleBackbone(synthetic_processor, box_shift=BOX_SHIFT)
@@ -187,15 +188,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(suite, synthetic_processor,
 def test_a_row_torn_mid_write_is_redone(suite, synthetic_processor, tmp_path, caplog):
     """A run killed while writing a row leaves a fragment; the re-run cuts it off (with a warning),
     predicts that record again, and its metrics.json equals an uninterrupted run's."""
-    reference = run_eval(
-        suite,
-        tmp_path / "whole",
-        OracleBackbone(synthetic_processor, box_shift=BOX_SHIFT),
-        synthetic_processor,
-    )
-    stopped = OracleBackbone(synthetic_processor, box_shift=BOX_SHIFT, fail_after=3)
-    with pytest.raises(RuntimeError, match="on purpose"):
-        run_eval(suite, tmp_path / "torn", stopped, synthetic_processor)
+    reference = whole_and_stopped_runs(suite, synthetic_processor, tmp_path, "torn")
     path = tmp_path / "torn" / "predictions.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # the last row, cut mid-write

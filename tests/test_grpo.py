@@ -33,17 +33,10 @@ from lightning_modules.rollout import HFGenerateEngine, Rollouts, repeat_prompts
 from tests.conftest import write_bar_video
 from tests.numerics import FLOAT64_MODEL_TOLERANCE, batch_to, float32_sum_atol
 
-pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
+# numerics: rerun under a second CPU kernel set (scripts/test.sh)
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_torch_thread")]
 
 LETTERS = "ABCD"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -38,12 +38,7 @@ from tests.test_grpo import grpo_run, media_files, mixed_prompts, mixed_task_man
 FAMILIES = ("qwen3_vl", "qwen2_5_vl")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- requests
