@@ -179,13 +179,17 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        from experiments.lightning_cli import config_error, run_lightning_cli
+        from experiments.lightning_cli import OutputDirError, config_error, run_lightning_cli
 
         problem = config_error(argv)
         if problem:
             print(f"onethinker {argv[0]}: {problem}", file=sys.stderr)
             return 2
-        run_lightning_cli(argv)
+        try:
+            run_lightning_cli(argv)
+        except OutputDirError as err:
+            print(f"onethinker {argv[0]}: {err}", file=sys.stderr)
+            return 2
         return 0
     args = build_parser().parse_args(argv)
     from datamodules.records import ManifestError, RecordError

@@ -4,14 +4,56 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules.datamodule import OneThinkerDataModule
 
 
+class OutputDirError(OSError):
+    """A folder the run will write (checkpoints, logs) that cannot be written."""
+
+
+def output_dirs(trainer: Any) -> list[str]:
+    """The folders a fit writes, from the parsed ``trainer`` config: its root, every checkpoint
+    callback's ``dirpath`` and every logger's ``save_dir``."""
+    dirs = [trainer.get("default_root_dir") or "."]
+    for entry in [*(trainer.get("callbacks") or []), *(_as_list(trainer.get("logger")))]:
+        init = entry.get("init_args", {}) if hasattr(entry, "get") else {}
+        dirs += [str(init[key]) for key in ("dirpath", "save_dir") if init.get(key)]
+    return list(dict.fromkeys(str(d) for d in dirs))
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def check_writable(dirs: Sequence[str]) -> None:
+    """Create each folder and write a file in it, so a run fails at set-up, not at its first save."""
+    import tempfile
+
+    for path in dirs:
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".onethinker-write-check-"):
+                pass
+        except OSError as err:
+            raise OutputDirError(
+                f"cannot write to {path} ({err.strerror or err}); the run would fail at its first save"
+            ) from None
+
+
 class OneThinkerCLI(LightningCLI):
-    """Connects the backbone's processor to the data module once both exist."""
+    """Checks the output folders before anything is built; connects the backbone's processor to
+    the data module once both exist."""
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            config = self.config.get(self.subcommand, self.config)
+            check_writable(output_dirs(config.get("trainer", {})))
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

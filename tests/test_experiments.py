@@ -295,3 +295,18 @@ def test_a_fit_on_skipped_rows_only_fails_with_the_counts(
     assert "train rows read were skipped" in result.stderr and "bad_media/" in result.stderr
     assert "missing/" in result.stderr  # the first files
     assert ("Nothing was trained on" in result.stderr) == (steps == 1)
+
+
+def test_an_unwritable_output_folder_fails_at_set_up(tmp_path: Path):
+    """A checkpoint folder that cannot be created (here: under a file) stops `fit` before any model
+    is built, naming the folder, instead of at the first save."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = onethinker(
+        "fit", *config_args([*SHARED_CPU, EXPERIMENTS / "demo" / "sft.yaml"]), "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}", "--data.synthetic_suite=null",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", f"--trainer.callbacks.dirpath={blocker}/ckpt",
+        cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"cannot write to {blocker}/ckpt" in result.stderr
