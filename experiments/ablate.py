@@ -18,6 +18,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ METRIC = "train/reward/overall"
 ALL_TASKS = "all"  # the curve of `METRIC` itself (every task pooled)
 WANDB_CLASS = "lightning.pytorch.loggers.WandbLogger"
 CSV_CLASS = "lightning.pytorch.loggers.CSVLogger"
+START = "start"  # runs that evaluate the starting model (``<out>/start/seed<seed>``)
 
 # curves[advantage][task][seed] = (steps, values), both sorted by step
 Curves = dict[str, dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]]
@@ -155,6 +157,59 @@ def build_fit_args(
     return args
 
 
+def build_validate_args(
+    configs: Sequence[str | Path], seed: int, run_dir: str | Path, extra_args: Sequence[str] = ()
+) -> list[str]:
+    """``onethinker validate`` arguments that evaluate the recipe's starting model on its held-out
+    manifest with the sampling seed the fit of ``seed`` uses, logging to a CSV under ``run_dir``."""
+    args = ["validate"]
+    for c in configs:
+        args += ["--config", str(c)]
+    loggers = [
+        {"class_path": CSV_CLASS, "init_args": {"save_dir": str(run_dir), "name": "csv", "version": 0}}
+    ]
+    return [
+        *args,
+        *extra_args,
+        f"--seed_everything={seed}",
+        f"--model.init_args.seed={seed}",
+        f"--data.seed={seed}",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger={json.dumps(loggers)}",
+        "--trainer.callbacks=[]",
+        "--trainer.limit_val_batches=1.0",
+    ]
+
+
+def _run_job(
+    advantage: str, seed: int, run_dir: Path, args: list[str], *, env: dict[str, str], skip_done: bool
+) -> dict[str, Any]:
+    """One ``onethinker`` subprocess logging to ``run_dir/fit.log``; ``DONE`` marks a finished run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log, done = run_dir / "fit.log", run_dir / "DONE"
+    record = {"advantage": advantage, "seed": seed, "dir": str(run_dir), "log": str(log)}
+    if skip_done and done.exists():
+        print(f"[ablate] {advantage} seed {seed}: already done, skipped", flush=True)
+        return {**record, "returncode": 0, "seconds": 0.0}
+    done.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "experiments.cli", *args]
+    (run_dir / "command.json").write_text(json.dumps(cmd, indent=1))
+    print(f"[ablate] {advantage} seed {seed}: running (log: {log})", flush=True)
+    started = time.perf_counter()
+    with log.open("w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
+    seconds = time.perf_counter() - started
+    if rc == 0:
+        done.write_text("ok\n")
+        print(f"[ablate] {advantage} seed {seed}: done in {seconds:.0f}s", flush=True)
+    else:
+        print(
+            f"[ablate] {advantage} seed {seed}: FAILED (exit {rc}); last lines of {log}:\n{_tail(log)}",
+            flush=True,
+        )
+    return {**record, "returncode": rc, "seconds": seconds}
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -172,6 +227,9 @@ def run_ablation(
     name: str | None = None,
     last_k: int = 5,
     skip_done: bool = False,
+    parallel: int = 1,
+    threads: int | None = None,
+    evaluate_start: bool = False,
 ) -> dict[str, Any]:
     """Run ``onethinker fit`` for every advantage × seed, then plot and tabulate per-task rewards.
 
@@ -184,6 +242,12 @@ def run_ablation(
         name: the ablation's name: the W&B group (default: the name of ``out``).
         last_k: the final reward of a run is the mean of its last ``last_k`` logged values.
         skip_done: keep runs that already finished (their ``DONE`` marker exists) instead of rerunning.
+        parallel: runs at a time (each its own process).
+        threads: torch intra-op threads per run (``OMP_NUM_THREADS``); with ``parallel`` runs, at most
+            cores / parallel.
+        evaluate_start: first evaluate the starting model on the held-out manifest once per seed
+            (``onethinker validate``, ``<out>/start/seed<seed>``), so ``ablation_heldout.md`` reports
+            each estimator's gain over it on the same seeds.
 
     Returns:
         ``{"name", "out", "runs": [{advantage, seed, dir, returncode, seconds, log}], "failed": [...],
@@ -201,47 +265,33 @@ def run_ablation(
     callbacks = configured_callbacks(configs)
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "offline")
+    if threads is not None:  # one intra-op pool per run: parallel runs must not oversubscribe the cores
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if parallel < 1:
+        raise ValueError(f"ablate: parallel must be >= 1, got {parallel}")
 
-    runs: list[dict[str, Any]] = []
+    jobs: list[tuple[str, int, Path, list[str]]] = []
+    if evaluate_start:  # the starting model on the held-out manifest, once per seed (its sampling seed)
+        for seed in seeds:
+            run_dir = out_dir / START / f"seed{seed}"
+            jobs.append((START, seed, run_dir, build_validate_args(configs, seed, run_dir, extra_args)))
     for advantage in advantages:
         for seed in seeds:
             run_dir = out_dir / advantage / f"seed{seed}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            log = run_dir / "fit.log"
-            done = run_dir / "DONE"
-            record = {"advantage": advantage, "seed": seed, "dir": str(run_dir), "log": str(log)}
-            if skip_done and done.exists():
-                print(f"[ablate] {advantage} seed {seed}: already done, skipped", flush=True)
-                runs.append({**record, "returncode": 0, "seconds": 0.0})
-                continue
-            done.unlink(missing_ok=True)
-            cmd = [
-                sys.executable,
-                "-m",
-                "experiments.cli",
-                *build_fit_args(configs, advantage, seed, run_dir, name, extra_args, wandb_args, callbacks),
-            ]
-            (run_dir / "command.json").write_text(json.dumps(cmd, indent=1))
-            print(f"[ablate] {advantage} seed {seed}: running (log: {log})", flush=True)
-            started = time.perf_counter()
-            with log.open("w") as f:
-                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
-            seconds = time.perf_counter() - started
-            if rc == 0:
-                done.write_text("ok\n")
-                print(f"[ablate] {advantage} seed {seed}: done in {seconds:.0f}s", flush=True)
-            else:
-                print(
-                    f"[ablate] {advantage} seed {seed}: FAILED (exit {rc}); last lines of {log}:\n{_tail(log)}",
-                    flush=True,
-                )
-            runs.append({**record, "returncode": rc, "seconds": seconds})
+            args = build_fit_args(configs, advantage, seed, run_dir, name, extra_args, wandb_args, callbacks)
+            jobs.append((advantage, seed, run_dir, args))
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        finished = list(pool.map(lambda job: _run_job(*job, env=env, skip_done=skip_done), jobs))
+    runs = [r for r in finished if r["advantage"] != START]
+    starts = {r["seed"]: Path(r["dir"]) for r in finished if r["advantage"] == START and r["returncode"] == 0}
 
     ok = {(r["advantage"], r["seed"]): Path(r["dir"]) for r in runs if r["returncode"] == 0}
-    summary = summarize(ok, out_dir, name=name, last_k=last_k, advantages=advantages, seeds=seeds)
-    failed = [f"{r['advantage']}/seed{r['seed']}" for r in runs if r["returncode"] != 0]
+    summary = summarize(
+        ok, out_dir, name=name, last_k=last_k, advantages=advantages, seeds=seeds, start_runs=starts
+    )
+    failed = [f"{r['advantage']}/seed{r['seed']}" for r in finished if r["returncode"] != 0]
     counterfactual = None
-    if not failed:  # every estimator on the same recorded rollouts (needs RewardRecordCallback)
+    if len(ok) == len(runs):  # every estimator on the same recorded rollouts (needs RewardRecordCallback)
         from experiments.counterfactual import CounterfactualError, run_counterfactual
 
         try:
@@ -437,8 +487,10 @@ def summarize(
     last_k: int = 5,
     advantages: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
+    start_runs: dict[int, Path] | None = None,
 ) -> dict[str, Any]:
-    """Read the runs' CSVs, write ``ablation_rewards.png`` and ``ablation_table.md`` under ``out``."""
+    """Read the runs' CSVs, write ``ablation_rewards.png`` and ``ablation_table.md`` under ``out``, and the
+    held-out outcomes (``ablation_heldout.md``, gains over ``start_runs`` ``{seed: run folder}``)."""
     out = Path(out)
     curves = collect_curves(run_dirs)
     advantages = list(advantages or sorted(curves))
@@ -462,5 +514,5 @@ def summarize(
     (out / "ablation_final.json").write_text(json.dumps(final, indent=1))
     from experiments.ablate_outcomes import write_outcomes
 
-    heldout = write_outcomes(run_dirs, out, advantages)
+    heldout = write_outcomes(run_dirs, out, advantages, start_runs or {})
     return {"final": final, "plot": plot, "table": str(table), "heldout": heldout}

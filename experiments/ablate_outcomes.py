@@ -4,7 +4,9 @@ estimator and task as a mean with a 95% t-interval over seeds, and as a paired d
 reference estimator (EMA-GRPO) on the seeds both ran.
 
 Enable the evaluation in the ablated recipe, e.g. ``-- --trainer.limit_val_batches=1.0
---trainer.val_check_interval=8`` (every 8 RL steps).
+--trainer.val_check_interval=8`` (every 8 RL steps). With the starting model evaluated per seed
+(``ablate --evaluate-start``), each estimator's gain over it is reported too, paired on the seed (the
+sampled evaluation draws with the run's seed), and the held-out curves start from it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from experiments.ablate import ALL_TASKS, _task_order, collect_curves
+from experiments.ablate import ALL_TASKS, START, Curves, _task_order, collect_curves, plot_curves
 
 HELD_OUT = ("val/reward/overall", "val/sampled_reward/overall")
 
@@ -44,24 +46,42 @@ def last_values(
     }
 
 
+def _differences(values: dict[int, float], base: dict[int, float]) -> dict[str, float] | None:
+    common = sorted(set(values) & set(base))
+    return interval([values[s] - base[s] for s in common]) if common else None
+
+
 def outcome_summary(
-    run_dirs: dict[tuple[str, int], Path], metric: str, reference: str = "ema_grpo"
+    run_dirs: dict[tuple[str, int], Path],
+    metric: str,
+    reference: str = "ema_grpo",
+    start_runs: dict[int, Path] | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{task: {advantage: {"mean", "lo", "hi", "n", "paired": {...} | None}}}`` from the runs' last
-    held-out values; ``paired`` is the interval of (advantage − reference) over the common seeds."""
+    """``{task: {advantage: {"mean", "lo", "hi", "n", "paired", "gain"}}}`` from the runs' last held-out
+    values; ``paired`` is the interval of (advantage − reference) over the common seeds, ``gain`` that of
+    (advantage − starting model) (``None`` without a common seed). The starting model itself is the
+    entry ``start``."""
     finals = last_values(collect_curves(run_dirs, metric))
+    starts = last_values(collect_curves({(START, s): d for s, d in (start_runs or {}).items()}, metric))
+    start = starts.get(START, {})
     out: dict[str, dict[str, dict[str, Any]]] = {}
+    for task, by_seed in start.items():
+        if by_seed:
+            out.setdefault(task, {})[START] = {
+                **interval(list(by_seed.values())),
+                "paired": None,
+                "gain": None,
+            }
     for advantage, tasks in finals.items():
         for task, by_seed in tasks.items():
             if not by_seed:
                 continue
-            cell: dict[str, Any] = interval(list(by_seed.values()))
             ref = finals.get(reference, {}).get(task, {})
-            common = sorted(set(by_seed) & set(ref))
-            cell["paired"] = (
-                interval([by_seed[s] - ref[s] for s in common]) if advantage != reference and common else None
-            )
-            out.setdefault(task, {})[advantage] = cell
+            out.setdefault(task, {})[advantage] = {
+                **interval(list(by_seed.values())),
+                "paired": _differences(by_seed, ref) if advantage != reference else None,
+                "gain": _differences(by_seed, start.get(task, {})),
+            }
     return out
 
 
@@ -71,39 +91,68 @@ def outcome_table(
     metric: str,
     reference: str = "ema_grpo",
 ) -> str:
+    with_start = any(START in cells for cells in summary.values())
+    others = [a for a in advantages if a != reference]
+    columns = [START] * with_start + list(advantages)
+    headers = columns + [f"Δ {a}" for a in others] + [f"gain {a}" for a in advantages] * with_start
     lines = [
         f"## Held-out `{metric}` at the last evaluation",
         "",
         f"Mean [95% t-interval] over seeds; Δ: paired difference to {reference} on the same seeds "
-        f"(an interval that excludes 0 separates the two). `{ALL_TASKS}`: every task pooled.",
+        f"(an interval that excludes 0 separates the two)"
+        + ("; gain: paired difference to the starting model (`start`)" if with_start else "")
+        + f". `{ALL_TASKS}`: every task pooled.",
         "",
-        "| task | "
-        + " | ".join(advantages)
-        + " | "
-        + " | ".join(f"Δ {a}" for a in advantages if a != reference)
-        + " |",
-        "|---|" + "---:|" * (len(advantages) + sum(a != reference for a in advantages)),
+        "| task | " + " | ".join(headers) + " |",
+        "|---|" + "---:|" * len(headers),
     ]
-    fmt = lambda c: f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] (n={c['n']})"  # noqa: E731
+
+    def fmt(cell: dict[str, Any] | None) -> str:
+        return f"{cell['mean']:.3f} [{cell['lo']:.3f}, {cell['hi']:.3f}] (n={cell['n']})" if cell else "–"
+
     for task in _task_order(set(summary)):
         cells = summary[task]
-        row = [fmt(cells[a]) if a in cells else "–" for a in advantages]
-        row += [
-            fmt(cells[a]["paired"]) if a in cells and cells[a]["paired"] else "–"
-            for a in advantages
-            if a != reference
-        ]
+        row = [fmt(cells.get(a)) for a in columns]
+        row += [fmt(cells.get(a, {}).get("paired")) for a in others]
+        row += [fmt(cells.get(a, {}).get("gain")) for a in advantages] * with_start
         lines.append(f"| {task} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_outcomes(run_dirs: dict[tuple[str, int], Path], out: Path, advantages: Sequence[str]) -> str | None:
-    """``ablation_heldout.md`` with one table per held-out metric the runs logged (None: none did)."""
+def heldout_curves(run_dirs: dict[tuple[str, int], Path], metric: str, start_runs: dict[int, Path]) -> Curves:
+    """Each run's held-out curve, starting from its seed's evaluation of the starting model (step 0)."""
+    curves = collect_curves(run_dirs, metric)
+    start = collect_curves({(START, s): d for s, d in start_runs.items()}, metric).get(START, {})
+    for tasks in curves.values():
+        for task, by_seed in tasks.items():
+            for seed, (steps, values) in by_seed.items():
+                if seed in start.get(task, {}):
+                    s_steps, s_values = start[task][seed]
+                    by_seed[seed] = (np.concatenate([[0], steps]), np.concatenate([s_values[-1:], values]))
+    return curves
+
+
+def write_outcomes(
+    run_dirs: dict[tuple[str, int], Path],
+    out: Path,
+    advantages: Sequence[str],
+    start_runs: dict[int, Path] | None = None,
+) -> str | None:
+    """``ablation_heldout.md`` with one table per held-out metric the runs logged, and a plot of the
+    held-out curves per metric (``ablation_heldout_<greedy|sampled>.png``); None when no run evaluated."""
+    start_runs = start_runs or {}
     parts = []
-    for metric in HELD_OUT:
-        summary = outcome_summary(run_dirs, metric)
-        if summary:
-            parts.append(outcome_table(summary, advantages, metric))
+    for metric, label in zip(HELD_OUT, ("greedy", "sampled")):
+        summary = outcome_summary(run_dirs, metric, start_runs=start_runs)
+        if not summary:
+            continue
+        parts.append(outcome_table(summary, advantages, metric))
+        plot_curves(
+            heldout_curves(run_dirs, metric, start_runs),
+            Path(out) / f"ablation_heldout_{label}.png",
+            advantages,
+            title=f"held-out {metric} per task, mean over seeds (band: min–max; step 0: the starting model)",
+        )
     if not parts:
         return None
     path = Path(out) / "ablation_heldout.md"

@@ -90,6 +90,9 @@ def _ablate(args: argparse.Namespace) -> int:
         name=args.name,
         last_k=args.last_k,
         skip_done=args.skip_done,
+        parallel=args.parallel,
+        threads=args.threads,
+        evaluate_start=args.evaluate_start,
     )
     print(f"plot: {result['plot']}\ntable: {result['table']}")
     print(Path(result["table"]).read_text())
@@ -156,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--last-k", type=int, default=5, help="final reward = mean of the last K logged steps"
     )
     ablate.add_argument("--skip-done", action="store_true", help="keep runs that already finished")
+    ablate.add_argument("--parallel", type=int, default=1, help="runs at a time, each its own process")
+    ablate.add_argument(
+        "--threads", type=int, default=None, help="torch threads per run (at most cores / --parallel)"
+    )
+    ablate.add_argument(
+        "--evaluate-start",
+        action="store_true",
+        help="evaluate the starting model on the held-out manifest once per seed; report gains over it",
+    )
     ablate.add_argument(
         "--counterfactual",
         action="store_true",

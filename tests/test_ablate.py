@@ -13,7 +13,9 @@ import pytest
 
 from experiments import ablate
 from experiments.ablate import (
+    START,
     build_fit_args,
+    build_validate_args,
     collect_curves,
     configured_callbacks,
     configured_wandb,
@@ -287,6 +289,79 @@ def test_run_ablation_with_fake_fit(tmp_path, monkeypatch):
     assert calls == [("dr_grpo", 1)]
 
 
+def test_parallel_ablation_reports_gains_over_the_starting_model(tmp_path, monkeypatch):
+    """Two runs at a time with one thread each; the starting model is evaluated once per seed first, and
+    the held-out table gives each estimator's gain over it on the same seed.
+    Greedy start 0.30 / 0.40 (seeds 0 / 1); ema_grpo last 0.50 / 0.50 -> gains 0.20 / 0.10 (mean 0.15,
+    std 0.0707, half-width t(0.975, 1) = 12.706205 × 0.0707 / √2 = 0.635); grpo 0.35 / 0.40 -> 0.05 / 0.0."""
+    configs = write_configs(tmp_path)
+    start = {0: 0.3, 1: 0.4}
+    last = {"grpo": {0: 0.35, 1: 0.4}, "ema_grpo": {0: 0.5, 1: 0.5}}
+    envs, commands = [], []
+
+    def fake_run(cmd, stdout, stderr, env, check):
+        args = cmd[3:]
+        commands.append(args[0])
+        envs.append(env.get("OMP_NUM_THREADS"))
+        seed = int(next(a for a in args if a.startswith("--model.init_args.seed=")).split("=", 1)[1])
+        run_dir = Path(next(a for a in args if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1])
+        if args[0] == "validate":
+            assert "--trainer.limit_val_batches=1.0" in args and "--trainer.callbacks=[]" in args
+            columns = {"val/reward/overall/math": [(0, start[seed])]}
+        else:
+            adv = next(a for a in args if a.startswith("--model.init_args.advantage=")).split("=", 1)[1]
+            columns = {
+                "train/reward/overall/math": [(1, 0.1), (8, 0.2)],
+                "val/reward/overall/math": [(4, 0.0), (8, last[adv][seed])],
+            }
+        write_metrics(run_dir / "csv" / "version_0" / "metrics.csv", columns)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(ablate.subprocess, "run", fake_run)
+    out = tmp_path / "abl"
+    result = run_ablation(
+        [str(c) for c in configs],
+        ["grpo", "ema_grpo"],
+        2,
+        str(out),
+        parallel=2,
+        threads=1,
+        evaluate_start=True,
+    )
+    assert sorted(commands) == ["fit"] * 4 + ["validate"] * 2 and set(envs) == {"1"}
+    assert result["failed"] == [] and {r["advantage"] for r in result["runs"]} == {"grpo", "ema_grpo"}
+    assert (out / START / "seed1" / "DONE").exists()
+    from experiments.ablate_outcomes import outcome_summary
+
+    runs = {(a, s): out / a / f"seed{s}" for a in last for s in (0, 1)}
+    summary = outcome_summary(
+        runs, "val/reward/overall", start_runs={s: out / START / f"seed{s}" for s in (0, 1)}
+    )
+    gain = summary["math"]["ema_grpo"]["gain"]
+    half = 12.706205 * (0.1 / 2**0.5) / 2**0.5
+    assert gain["mean"] == pytest.approx(0.15) and gain["lo"] == pytest.approx(0.15 - half, abs=1e-5)
+    assert summary["math"]["grpo"]["gain"]["mean"] == pytest.approx(0.025)
+    assert summary["math"][START]["mean"] == pytest.approx(0.35) and summary["math"][START]["gain"] is None
+    text = (out / "ablation_heldout.md").read_text()
+    assert "| math | 0.350 [" in text and "gain ema_grpo" in text
+    assert (out / "ablation_heldout_greedy.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="parallel"):
+        run_ablation([str(c) for c in configs], ["grpo"], 1, str(out), parallel=0)
+
+
+def test_heldout_curves_start_from_the_starting_model(tmp_path):
+    from experiments.ablate_outcomes import heldout_curves
+
+    run, begin = tmp_path / "grpo" / "seed0", tmp_path / START / "seed0"
+    write_metrics(
+        run / "csv" / "version_0" / "metrics.csv", {"val/reward/overall/math": [(8, 0.6), (16, 0.7)]}
+    )
+    write_metrics(begin / "csv" / "version_0" / "metrics.csv", {"val/reward/overall/math": [(0, 0.2)]})
+    curves = heldout_curves({("grpo", 0): run}, "val/reward/overall", {0: begin})
+    steps, values = curves["grpo"]["math"][0]
+    assert steps.tolist() == [0, 8, 16] and values.tolist() == [0.2, 0.6, 0.7]
+
+
 def test_cli_ablate_subcommand(monkeypatch, tmp_path):
     from experiments import cli
 
@@ -314,6 +389,11 @@ def test_cli_ablate_subcommand(monkeypatch, tmp_path):
             "o",
             "--last-k",
             "3",
+            "--parallel",
+            "2",
+            "--threads",
+            "1",
+            "--evaluate-start",
             "--",
             "--trainer.max_steps=5",
             "--data.batch_size",
@@ -323,6 +403,7 @@ def test_cli_ablate_subcommand(monkeypatch, tmp_path):
     assert rc == 0
     assert seen["configs"] == ["a.yaml", "b.yaml"] and seen["advantages"] == ["grpo", "ema_grpo"]
     assert seen["seeds"] == 2 and seen["out"] == "o" and seen["last_k"] == 3
+    assert seen["parallel"] == 2 and seen["threads"] == 1 and seen["evaluate_start"] is True
     assert seen["extra"] == ["--trainer.max_steps=5", "--data.batch_size", "2"]
     cli.main(["ablate", "--config", "a.yaml", "--seeds", "3,7", "--out", "o"])
     assert (
@@ -370,6 +451,15 @@ def test_fit_args_parse_in_lightning_cli(tmp_path, capsys, monkeypatch):
     assert loggers[1]["init_args"]["group"] == "abl" and loggers[1]["init_args"]["name"] == "grpo-seed4"
     callbacks = printed["trainer"]["callbacks"]
     assert callbacks[-1]["init_args"]["dirpath"] == str(run_dir / "checkpoints")
+
+    start_dir = tmp_path / "out" / "start" / "seed4"
+    args = build_validate_args(configs, 4, start_dir, ["--trainer.max_steps=3"])
+    with pytest.raises(SystemExit):
+        run_lightning_cli([args[0], "--print_config", *args[1:]])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["seed"] == 4 and printed["trainer"]["limit_val_batches"] == 1.0
+    assert not printed["trainer"]["callbacks"]
+    assert printed["trainer"]["logger"][0]["init_args"]["save_dir"] == str(start_dir)
 
 
 DEMO = Path("experiments/demo/ema_grpo.yaml")
