@@ -531,28 +531,38 @@ def test_advantages_stay_float32_under_bf16_true(toy_rewards, tmp_path: Path, mo
     assert seen and all(d == torch.float32 for d in seen)
 
 
-def test_a_task_absent_from_a_step_logs_nothing_for_it(toy_rewards, tmp_path: Path):
-    """The CSV a real fit writes holds a per-task value only at the steps whose batch had the task:
+def test_a_task_absent_from_a_step_logs_nothing_for_it(toy_rewards, tmp_path: Path, monkeypatch):
+    """The CSV and the offline W&B history a real fit writes hold a per-task value only at the steps whose batch had the task:
     as many cells as the module logged, never an earlier step's value repeated (Lightning repeats
     on-step metrics that a later step does not log again). The advantage diagnostics are there."""
-    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
     from experiments.ablate import read_task_curves
+    from tests.wandb_history import history_rows
 
+    monkeypatch.setenv("WANDB_MODE", "offline")
     csv = CSVLogger(tmp_path, name="csv", version=0)
+    wandb = WandbLogger(project="test", save_dir=str(tmp_path), offline=True)
     module, spy, *_ = grpo_run(
         mixed_task_manifest(tmp_path),
         6,
-        trainer_kw={"logger": csv, "log_every_n_steps": 1},
+        trainer_kw={"logger": [csv, wandb], "log_every_n_steps": 1},
         max_resample=0,
         seed=5,
     )
+    wandb.experiment.finish()
     path = tmp_path / "csv" / "version_0" / "metrics.csv"
     logged = spy.steps()
     written = read_task_curves(path, "train/filter_pass_rate")
     steps_with_logs = len(read_task_curves(path, "train/reward/overall")["all"][0])
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    history = history_rows(run_file)
     for task in ("OCR", "numerical"):
-        assert len(written[task][0]) == len(logged[f"train/filter_pass_rate/{task}"]), task
+        key = f"train/filter_pass_rate/{task}"
+        assert len(written[task][0]) == len(logged[key]), task
+        in_wandb = [(row["trainer/global_step"], row[key]) for row in history if key in row]
+        assert [v for _, v in in_wandb] == pytest.approx(logged[key]), task  # once per step that had it
+        assert [s for s, _ in in_wandb] == written[task][0].tolist(), task
     assert min(len(written[t][0]) for t in ("OCR", "numerical")) < steps_with_logs  # some step lacked a task
     shares = read_task_curves(path, "train/adv/mass_share")
     assert shares["numerical"][1] == pytest.approx(np.ones_like(shares["numerical"][1]))  # the only kept task
