@@ -51,6 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
         grpo_steps=args.grpo_steps,
         sft_threads=args.sft_threads,
         rl_threads=args.rl_threads,
+        sft_only=args.sft_only,
     )
     return 0
 
@@ -67,7 +68,12 @@ def _ablate(args: argparse.Namespace) -> int:
     from experiments.ablate import run_ablation, seed_list
 
     advantages = [a.strip() for a in args.advantages.split(",") if a.strip()]
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if "," in args.seeds else int(args.seeds)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if "," in args.seeds else int(args.seeds)
+        seed_list(seeds)
+    except ValueError as err:
+        print(f"onethinker ablate --seeds {args.seeds}: {err}", file=sys.stderr)
+        return 2
     if args.counterfactual:
         from experiments.counterfactual import CounterfactualError, run_counterfactual
 
@@ -141,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--rl-threads", type=int, default=1, help="torch threads in evaluation and EMA-GRPO (generation)"
     )
+    demo.add_argument(
+        "--sft-only",
+        action="store_true",
+        help="stop after SFT and export (the start of `ablate` on the demo)",
+    )
     demo.set_defaults(run=_demo)
 
     ablate = sub.add_parser(
@@ -150,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ablate.add_argument("--config", action="append", default=[], help="a fit config (repeat, in order)")
     ablate.add_argument("--advantages", default="grpo,dr_grpo,ema_grpo", help="comma-separated estimators")
-    ablate.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma-separated list")
+    ablate.add_argument(
+        "--seeds", default="3", help="a count N (seeds 0..N-1) or a comma-separated list (one seed: `7,`)"
+    )
     ablate.add_argument("--out", required=True, help="output folder (one sub-folder per run, plot, table)")
     ablate.add_argument(
         "--name", default=None, help="ablation name / W&B group (default: the --out folder name)"

@@ -196,8 +196,10 @@ def run_demo(
     grpo_steps: int | None = None,
     sft_threads: int = 2,
     rl_threads: int = 1,
+    sft_only: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """The whole recipe; prints and returns the rewards before and after RL.
+    """The whole recipe; prints and returns the rewards before and after RL (``{}`` with ``sft_only``:
+    the suite, SFT and the export only).
 
     ``sft_threads`` and ``rl_threads`` are torch's intra-op threads in SFT and in the generation-bound
     stages (evaluation, EMA-GRPO); the defaults were the fastest on a 2-core machine (benchmarks/README.md).
@@ -212,6 +214,9 @@ def run_demo(
     torch.set_num_threads(sft_threads)
     with stages(f"SFT + export ({sft_threads} threads)"):
         model = run_sft_demo(out, paths, sft_steps)
+    if sft_only:
+        print(f"\n== Wall time per stage ==\n{stages.report()}")
+        return {}
     torch.set_num_threads(rl_threads)
     with stages(f"evaluation before RL ({rl_threads} threads)"):
         before = evaluate_rewards(out, paths, model, "eval_before")

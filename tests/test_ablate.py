@@ -362,7 +362,7 @@ def test_heldout_curves_start_from_the_starting_model(tmp_path):
     assert steps.tolist() == [0, 8, 16] and values.tolist() == [0.2, 0.6, 0.7]
 
 
-def test_cli_ablate_subcommand(monkeypatch, tmp_path):
+def test_cli_ablate_subcommand(monkeypatch, tmp_path, capsys):
     from experiments import cli
 
     seen = {}
@@ -405,6 +405,8 @@ def test_cli_ablate_subcommand(monkeypatch, tmp_path):
     assert seen["seeds"] == 2 and seen["out"] == "o" and seen["last_k"] == 3
     assert seen["parallel"] == 2 and seen["threads"] == 1 and seen["evaluate_start"] is True
     assert seen["extra"] == ["--trainer.max_steps=5", "--data.batch_size", "2"]
+    assert cli.main(["ablate", "--config", "a.yaml", "--seeds", "0", "--out", "o"]) == 2
+    assert "need at least one seed" in capsys.readouterr().err
     cli.main(["ablate", "--config", "a.yaml", "--seeds", "3,7", "--out", "o"])
     assert (
         seen["seeds"] == [3, 7]

@@ -55,6 +55,10 @@ def test_run_demo_sets_threads_per_stage_and_reports_stage_times(monkeypatch, tm
                  "EMA-GRPO (1 threads)", "evaluation after RL (1 threads)", "total"):  # fmt: skip
         assert name in report, name
 
+    seen.clear()
+    assert demo.run_demo(tmp_path, sft_only=True) == {}
+    assert [name for name, _ in seen] == ["suite", "batches", "sft"]
+
 
 def test_stage_timer_sums_the_stages(monkeypatch):
     clock = iter([10.0, 13.5, 20.0, 80.3])
