@@ -191,7 +191,9 @@ class GRPOModule(L.LightningModule):
         self.automatic_optimization = False
         self.backbone = backbone
         self.rollout: RolloutEngine = rollout or HFGenerateEngine()
-        self.save_hyperparameters(ignore=["backbone", "rollout", "optimizer", "schedule", "sharding", "reward_model"])
+        self.save_hyperparameters(
+            ignore=["backbone", "rollout", "optimizer", "schedule", "sharding", "reward_model"]
+        )
         self.reward_model = reward_model
         self.sharding = sharding or ShardingSettings()
         self.optimizer_factory = optimizer
@@ -523,8 +525,9 @@ class GRPOModule(L.LightningModule):
         self.last_step = None
         collected = self._collect(batch)
         if not collected.kept:  # a global decision: every rank sees the same groups, so all skip together
-            self.log("train/filter/empty_steps", 1.0, on_step=True, batch_size=1)
-            self._log_filter(collected.groups)
+            self._log_task_metrics(
+                {"train/filter/empty_steps": 1.0, **self._filter_metrics(collected.groups)}
+            )
             return
         ema_before = self.reward_ema.state_dict() if self.reward_ema is not None else None
         result, advantages = self._advantages(collected.kept)
@@ -534,7 +537,7 @@ class GRPOModule(L.LightningModule):
         self.last_step["ema_before"] = ema_before  # type: ignore[index]
 
     # -- logging -------------------------------------------------------------------------------
-    def _log_filter(self, groups: list[GroupRecord]) -> None:
+    def _filter_metrics(self, groups: list[GroupRecord]) -> dict[str, float]:
         kept: dict[str, list[float]] = defaultdict(list)
         band, metric, enabled = (
             tuple(self.hparams.filter_band),
@@ -543,10 +546,10 @@ class GRPOModule(L.LightningModule):
         )
         for g in groups:
             kept[g.key].append(float(passes_filter(g, metric, band, enabled)))
-        self._log_task_metrics({f"train/filter_pass_rate/{key}": sum(f) / len(f) for key, f in kept.items()})
+        return {f"train/filter_pass_rate/{key}": sum(f) / len(f) for key, f in kept.items()}
 
     def _log_task_metrics(self, metrics: dict[str, float]) -> None:
-        """Metrics of the tasks in this step's batch, logged for this step only (step_metrics.py)."""
+        """Metrics of this step (its tasks, its kept batch), logged for this step only (step_metrics.py)."""
         log_step_metrics(self, metrics)
 
     def _log_step(
@@ -559,13 +562,19 @@ class GRPOModule(L.LightningModule):
     ) -> None:
         """Rewards, lengths, filter and advantage statistics of the global kept batch; losses summed over
         ranks (one all-reduce); clip fractions and KL of this rank's rows."""
-        log = lambda name, value: self.log(name, float(value), on_step=True, batch_size=1)  # noqa: E731
+        metrics: dict[str, float] = {}  # all go out at once, for this step only (step_metrics.py)
+        log = lambda name, value: metrics.__setitem__(name, float(value))  # noqa: E731
         kept = collected.kept
-        totals = torch.stack([*updates.losses, torch.tensor(old.entropy_sum, dtype=torch.float64),
-                              torch.tensor(float(old.entropy_tokens), dtype=torch.float64)])  # fmt: skip
+        timed_out = rewards.reward_timeouts()  # this rank's time-limited reward calls that ran out, so far
+        timed = [float(timed_out.get(label, 0)) for label in rewards.TIME_LIMITED_TASKS]
+        totals = torch.tensor([*map(float, updates.losses), old.entropy_sum, float(old.entropy_tokens), *timed],
+                              dtype=torch.float64)  # fmt: skip
         if self.trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(totals.to(self.device), reduce_op="sum").cpu()
+        totals, timed = totals[: -len(timed)], totals[-len(timed) :].tolist()
         losses, entropy = totals[:-2], float(totals[-2] / totals[-1].clamp_min(1))
+        for label, count in zip(rewards.TIME_LIMITED_TASKS, timed):
+            log(f"train/reward_timeouts/{label}", count)
         self.last_step = {  # the step's global figures, the same on every rank
             "kept": [(g.rank, g.part, g.index) for g in kept],
             "advantages": result.advantages.tolist(),
@@ -600,8 +609,8 @@ class GRPOModule(L.LightningModule):
                 tasks[f"train/adv/sigma/{key}"] = stats["ema_std"]
         for key, values in self._diagnostics(kept, result).items():
             tasks.update({f"train/adv/{name}/{key}": value for name, value in values.items()})
-        self._log_task_metrics(tasks)
-        self._log_filter(collected.groups)
+        metrics.update(tasks)
+        metrics.update(self._filter_metrics(collected.groups))
         log("train/zero_std_groups", result.zero_std_groups)
         log("train/guarded_groups", result.guarded_groups)
         log("train/advantage_abs_mean", result.advantages.abs().mean())
@@ -623,6 +632,7 @@ class GRPOModule(L.LightningModule):
         log("train/lr", self.optimizers().param_groups[0]["lr"])
         if self.reward_model is not None:
             log("train/reward_model_failures", rewards.reward_model_failures())
+        self._log_task_metrics(metrics)
         self.last_rollouts = self._local_rollouts(collected, result)
 
     def _diagnostics(self, kept: list[GroupRecord], result: AdvantageResult) -> dict[str, dict[str, float]]:

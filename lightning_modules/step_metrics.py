@@ -1,10 +1,11 @@
-"""Per-task step metrics that only appear in the steps that had the task.
+"""Step metrics that only appear in the steps that computed them.
 
 Lightning's ``self.log(..., on_step=True)`` keeps a metric's last value for the rest of the epoch
 and logs it again at every later step, so a task absent from a step would show an earlier step's
-value in the CSV and in W&B. Metrics that exist only for some steps (one per task in the batch) go
-straight to the loggers instead, at the step Lightning logs the others at and on the same cadence
-(``log_every_n_steps``).
+value in the CSV and in W&B, and so would every metric of an RL step that kept no group. Metrics
+that exist only for some steps go straight to the loggers instead, at the step Lightning logs the
+others at and on the same cadence (``log_every_n_steps``); they also reach
+``trainer.callback_metrics`` for callbacks.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import lightning as L
+import torch
 
 
 def log_step_metrics(module: L.LightningModule, metrics: Mapping[str, float]) -> None:
     """Send ``metrics`` to every logger of ``module``'s trainer for this step only (rank 0 writes)."""
     trainer = module.trainer
-    if not metrics or not trainer.loggers or trainer.sanity_checking:
+    if not metrics or trainer.sanity_checking:
+        return
+    trainer.callback_metrics.update({name: torch.tensor(float(v)) for name, v in metrics.items()})
+    if not trainer.loggers:
         return
     # Lightning's own step counter and cadence for on-step metrics (the logger connector's).
     connector = trainer._logger_connector

@@ -14,7 +14,7 @@ from .data_errors import (
 from .format import format_reward
 from .grounding import box_iou, temporal_iou
 from .parsing import extract_answer, load_json, normalize_response, strip_ground_truth
-from .qa import get_math_timeout, mean_relative_accuracy, set_math_timeout
+from .qa import TIME_LIMITED_TASKS, get_math_timeout, mean_relative_accuracy, set_math_timeout
 from .registry import (
     TaskReward,
     UnknownTaskError,
@@ -33,6 +33,7 @@ from .reward_model import (
 from .scoring import RewardResult, combine, score, score_batch, shutdown_pools
 from .segmentation import point_similarity
 from .timeout import call_with_timeout
+from .timeout import timeouts as reward_timeouts
 
 __all__ = [
     "RewardResult",
@@ -58,6 +59,8 @@ __all__ = [
     "set_math_timeout",
     "get_math_timeout",
     "call_with_timeout",
+    "reward_timeouts",
+    "TIME_LIMITED_TASKS",
     "format_reward",
     "normalize_response",
     "extract_answer",

@@ -19,6 +19,7 @@ from .registry import register_reward
 from .timeout import call_with_timeout
 
 __all__ = [
+    "TIME_LIMITED_TASKS",
     "multiple_choice_accuracy",
     "numerical_accuracy",
     "regression_accuracy",
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 _MATH_TIMEOUT_S: float | None = 5.0  # math-verify's own default per call
+# The rewards whose symbolic checks run under that limit; their time-outs are counted per task
+# (`rewards.reward_timeouts()`, logged as `train/reward_timeouts/<task>`).
+TIME_LIMITED_TASKS: tuple[str, ...] = ("math", "multiple choice")
 _CACHE_MAX_CHARS = 256  # cache only short answers (the common case), never 100k-char ones
 
 
@@ -85,13 +89,13 @@ def _grade(pred: str, gt: str) -> bool:
 
 @lru_cache(maxsize=16384)
 def _grade_cached(pred: str, gt: str) -> bool:
-    return call_with_timeout(_grade, (pred, gt), _MATH_TIMEOUT_S, False)
+    return call_with_timeout(_grade, (pred, gt), _MATH_TIMEOUT_S, False, label=TIME_LIMITED_TASKS[1])
 
 
 def _grade_timed(pred: str, gt: str) -> bool:
     if len(pred) <= _CACHE_MAX_CHARS and len(gt) <= _CACHE_MAX_CHARS:
         return _grade_cached(pred, gt)
-    return call_with_timeout(_grade, (pred, gt), _MATH_TIMEOUT_S, False)
+    return call_with_timeout(_grade, (pred, gt), _MATH_TIMEOUT_S, False, label=TIME_LIMITED_TASKS[1])
 
 
 def _single_letter(s: str) -> bool:
@@ -181,7 +185,7 @@ def _strings_equal(pred: str, gt: str) -> bool:
 def math_accuracy(pred: str, gt: str, variant: str = "released") -> float:
     """Symbolic equivalence with math-verify, else a normalized string match; time-limited."""
     try:
-        res = call_with_timeout(_math_equal, (pred, gt), _MATH_TIMEOUT_S, None)
+        res = call_with_timeout(_math_equal, (pred, gt), _MATH_TIMEOUT_S, None, label=TIME_LIMITED_TASKS[0])
     except Exception:  # math-verify/sympy internals; scored by the string fallback
         res = None
     if res is None:

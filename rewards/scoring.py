@@ -18,6 +18,7 @@ from .format import format_reward
 from .parsing import answer_for_accuracy, extract_answer, normalize_response, strip_ground_truth
 from .registry import TaskReward, UnknownTaskError, check_variant, get_reward, registered_tasks
 from .reward_model import RewardModelScorer, reward_model_accuracies
+from .timeout import add_timeouts, timeouts
 
 __all__ = ["RewardResult", "score", "score_batch", "combine", "shutdown_pools"]
 
@@ -142,6 +143,15 @@ def _score_chunk(items: list[tuple[Any, str, str, str]], variant: str) -> list[t
     return out
 
 
+def _score_chunk_in_worker(
+    items: list[tuple[Any, str, str, str]], variant: str
+) -> tuple[list[tuple | None], dict[str, int]]:
+    """`_score_chunk` in a pool worker, with the time-outs it met (the parent adds them to its own)."""
+    before = timeouts()
+    scored = _score_chunk(items, variant)
+    return scored, {k: n - before.get(k, 0) for k, n in timeouts().items() if n > before.get(k, 0)}
+
+
 def _pool(workers: int, context: str) -> ProcessPoolExecutor:
     key = (workers, context)
     if key not in _POOLS:
@@ -214,9 +224,10 @@ def score_batch(
     if workers > 0 and n > chunk_size:
         chunks = [items[i : i + chunk_size] for i in range(0, n, chunk_size)]
         ex = _pool(workers, mp_context)
-        parts: list[tuple | None] = [
-            r for rs in ex.map(_score_chunk, chunks, [variant] * len(chunks)) for r in rs
-        ]
+        parts: list[tuple | None] = []
+        for scored, timed_out in ex.map(_score_chunk_in_worker, chunks, [variant] * len(chunks)):
+            parts += scored
+            add_timeouts(timed_out)
     else:
         parts = _score_chunk(items, variant)
     rows = [

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["CallTimeout", "call_with_timeout", "shutdown_helper"]
+__all__ = ["CallTimeout", "add_timeouts", "call_with_timeout", "shutdown_helper", "timeouts"]
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 _REARM_S = 0.05  # re-fire interval once expired
 _HELPER_GRACE_S = 5.0  # extra wait before the parent kills a silent helper
 _HELPER_START_S = 120.0
+_TIMEOUTS: dict[str, int] = {}  # label -> calls that ran out of time (or found no way to be timed)
+_TIMED_OUT = object()
 
 
 class CallTimeout(BaseException):
@@ -157,13 +159,31 @@ def _call_in_helper(fn: Callable[..., T], args: tuple, timeout_s: float, default
         return value
 
 
-def call_with_timeout(fn: Callable[..., T], args: tuple, timeout_s: float | None, default: T) -> T:
-    """`fn(*args)`, or `default` if it takes longer than `timeout_s` (None/<=0: no limit).
+def call_with_timeout(
+    fn: Callable[..., T], args: tuple, timeout_s: float | None, default: T, *, label: str = "call"
+) -> T:
+    """`fn(*args)`, or `default` if it takes longer than `timeout_s` (None/<=0: no limit). Every
+    `default` given for lack of time is counted under `label` (`timeouts()`).
 
     Off the main thread, `fn` and `args` must be picklable (module-level function).
     """
     if timeout_s is None or timeout_s <= 0:
         return fn(*args)
     if _signals_usable():
-        return _call_with_alarm(fn, args, timeout_s, default)
-    return _call_in_helper(fn, args, timeout_s, default)
+        result = _call_with_alarm(fn, args, timeout_s, _TIMED_OUT)
+    else:
+        result = _call_in_helper(fn, args, timeout_s, _TIMED_OUT)
+    if result is _TIMED_OUT:
+        add_timeouts({label: 1})
+        return default
+    return result
+
+
+def timeouts() -> dict[str, int]:
+    """Timed-out calls per label since start-up, in this process (`add_timeouts` merges workers')."""
+    return dict(_TIMEOUTS)
+
+
+def add_timeouts(counts: dict[str, int]) -> None:
+    for label, n in counts.items():
+        _TIMEOUTS[label] = _TIMEOUTS.get(label, 0) + n

@@ -372,6 +372,7 @@ def grpo_run(
     ckpt_path: str | None = None,
     trainer_kw: dict[str, Any] | None = None,
     extra_callbacks: list[L.Callback] = (),
+    data_seed: int = 5,
     **module_kw: Any,
 ) -> tuple[GRPOModule, LogSpy, OneThinkerDataModule, TaskRewardStatsCallback, list]:
     backbone = VisionLanguageBackbone("tiny", seed=0)
@@ -396,7 +397,7 @@ def grpo_run(
         train_manifests=[manifest],
         batch_size=2,
         samples_per_epoch=32,
-        seed=5,
+        seed=data_seed,
         image_pixels=(4 * 32 * 32, 4 * 32 * 32),
     )
     dm.connect(backbone.processor)
@@ -532,7 +533,8 @@ def test_advantages_stay_float32_under_bf16_true(toy_rewards, tmp_path: Path, mo
 
 
 def test_a_task_absent_from_a_step_logs_nothing_for_it(toy_rewards, tmp_path: Path, monkeypatch):
-    """The CSV and the offline W&B history a real fit writes hold a per-task value only at the steps whose batch had the task:
+    """The CSV and the offline W&B history a real fit writes hold a per-task value only at the steps whose
+    batch had the task, and a step that kept no group repeats none of the previous step's figures:
     as many cells as the module logged, never an earlier step's value repeated (Lightning repeats
     on-step metrics that a later step does not log again). The advantage diagnostics are there."""
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -541,6 +543,7 @@ def test_a_task_absent_from_a_step_logs_nothing_for_it(toy_rewards, tmp_path: Pa
     from tests.wandb_history import history_rows
 
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr("rewards.reward_timeouts", lambda: {"math": 2})  # as if two math checks ran out
     csv = CSVLogger(tmp_path, name="csv", version=0)
     wandb = WandbLogger(project="test", save_dir=str(tmp_path), offline=True)
     module, spy, *_ = grpo_run(
@@ -563,7 +566,16 @@ def test_a_task_absent_from_a_step_logs_nothing_for_it(toy_rewards, tmp_path: Pa
         in_wandb = [(row["trainer/global_step"], row[key]) for row in history if key in row]
         assert [v for _, v in in_wandb] == pytest.approx(logged[key]), task  # once per step that had it
         assert [s for s, _ in in_wandb] == written[task][0].tolist(), task
-    assert min(len(written[t][0]) for t in ("OCR", "numerical")) < steps_with_logs  # some step lacked a task
+    # An RL step that kept no group (both prompts OCR: the data seed's third batch) logs its filter
+    # figures only, never the previous step's rewards again; 6 updates take 7 RL steps.
+    empty = read_task_curves(path, "train/filter")["empty_steps"][0]
+    assert len(empty) == len(logged["train/filter/empty_steps"]) == 1
+    assert steps_with_logs == len(logged["train/loss"]) == 6
+    kept_numerical = read_task_curves(path, "train/reward/overall")["numerical"][0]
+    assert len(kept_numerical) == len(logged["train/reward/overall/numerical"]) == 6
+    assert empty[0] not in kept_numerical.tolist()
+    assert logged["train/reward_timeouts/math"] == [2.0] * len(logged["train/loss"])
+    assert logged["train/reward_timeouts/multiple choice"] == [0.0] * len(logged["train/loss"])
     shares = read_task_curves(path, "train/adv/mass_share")
     assert shares["numerical"][1] == pytest.approx(np.ones_like(shares["numerical"][1]))  # the only kept task
     assert "numerical" in read_task_curves(path, "train/adv/sigma") and "numerical" in read_task_curves(

@@ -181,25 +181,34 @@ def short_timeout():
     rewards.set_math_timeout(old)
 
 
+def _math_timeouts() -> int:
+    return rewards.reward_timeouts().get("math", 0)
+
+
 def test_math_timeout_main_thread(short_timeout) -> None:
+    before = _math_timeouts()
     t0 = time.perf_counter()
     assert math_accuracy(*SLOW_MATH) == 0.0
     assert time.perf_counter() - t0 < 3.0
     assert math_accuracy("0.5", "\\frac{1}{2}") == 1.0  # the alarm is gone afterwards
+    assert _math_timeouts() == before + 1  # counted once; the quick call is not
 
 
 def test_math_timeout_outside_main_thread(short_timeout) -> None:
     out: list[float] = []
+    before = _math_timeouts()
     th = threading.Thread(target=lambda: out.extend([math_accuracy(*SLOW_MATH), math_accuracy("0.5", "1/2")]))
     t0 = time.perf_counter()
     th.start()
     th.join(60)
     assert out == [0.0, 1.0]
     assert time.perf_counter() - t0 < 30.0  # includes starting the helper process
+    assert _math_timeouts() == before + 1
 
 
 def test_math_timeout_in_worker_processes(short_timeout) -> None:
     rewards.shutdown_pools()
+    before = _math_timeouts()
     n = 4
     res = rewards.score_batch(
         ["<think>x</think><answer>" + SLOW_MATH[0] + "</answer>"] * n + ["<answer>0.5</answer>"] * n,
@@ -211,6 +220,7 @@ def test_math_timeout_in_worker_processes(short_timeout) -> None:
     )
     rewards.shutdown_pools()
     assert [r.accuracy for r in res] == [0.0] * n + [1.0] * n
+    assert _math_timeouts() == before + n  # the workers' time-outs reach the parent's count
 
 
 def test_call_with_timeout_restores_outer_state() -> None:
