@@ -230,6 +230,7 @@ def run_ablation(
     parallel: int = 1,
     threads: int | None = None,
     evaluate_start: bool = False,
+    heldout_at: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Run ``onethinker fit`` for every advantage × seed, then plot and tabulate per-task rewards.
 
@@ -248,6 +249,8 @@ def run_ablation(
         evaluate_start: first evaluate the starting model on the held-out manifest once per seed
             (``onethinker validate``, ``<out>/start/seed<seed>``), so ``ablation_heldout.md`` reports
             each estimator's gain over it on the same seeds.
+        heldout_at: logged steps at which the held-out outcomes are also tabulated (an evaluation after
+            RL step k is logged at step k − 1).
 
     Returns:
         ``{"name", "out", "runs": [{advantage, seed, dir, returncode, seconds, log}], "failed": [...],
@@ -287,7 +290,14 @@ def run_ablation(
 
     ok = {(r["advantage"], r["seed"]): Path(r["dir"]) for r in runs if r["returncode"] == 0}
     summary = summarize(
-        ok, out_dir, name=name, last_k=last_k, advantages=advantages, seeds=seeds, start_runs=starts
+        ok,
+        out_dir,
+        name=name,
+        last_k=last_k,
+        advantages=advantages,
+        seeds=seeds,
+        start_runs=starts,
+        heldout_at=heldout_at,
     )
     failed = [f"{r['advantage']}/seed{r['seed']}" for r in finished if r["returncode"] != 0]
     counterfactual = None
@@ -488,6 +498,7 @@ def summarize(
     advantages: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     start_runs: dict[int, Path] | None = None,
+    heldout_at: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Read the runs' CSVs, write ``ablation_rewards.png`` and ``ablation_table.md`` under ``out``, and the
     held-out outcomes (``ablation_heldout.md``, gains over ``start_runs`` ``{seed: run folder}``)."""
@@ -514,5 +525,5 @@ def summarize(
     (out / "ablation_final.json").write_text(json.dumps(final, indent=1))
     from experiments.ablate_outcomes import write_outcomes
 
-    heldout = write_outcomes(run_dirs, out, advantages, start_runs or {})
+    heldout = write_outcomes(run_dirs, out, advantages, start_runs or {}, heldout_at)
     return {"final": final, "plot": plot, "table": str(table), "heldout": heldout}

@@ -34,16 +34,21 @@ def interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, flo
 
 
 def last_values(
-    curves: dict[str, dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]],
+    curves: dict[str, dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]], at_step: int | None = None
 ) -> dict[str, dict[str, dict[int, float]]]:
-    """``{advantage: {task: {seed: the run's last held-out value}}}``."""
-    return {
-        advantage: {
-            task: {seed: float(v[-1]) for seed, (_, v) in by_seed.items() if len(v)}
-            for task, by_seed in tasks.items()
-        }
-        for advantage, tasks in curves.items()
-    }
+    """``{advantage: {task: {seed: the run's last held-out value}}}`` (at or before ``at_step`` if set;
+    a run with no evaluation by then is left out)."""
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for advantage, tasks in curves.items():
+        out[advantage] = {}
+        for task, by_seed in tasks.items():
+            values = {}
+            for seed, (steps, v) in by_seed.items():
+                upto = v if at_step is None else v[steps <= at_step]
+                if len(upto):
+                    values[seed] = float(upto[-1])
+            out[advantage][task] = values
+    return out
 
 
 def _differences(values: dict[int, float], base: dict[int, float]) -> dict[str, float] | None:
@@ -56,12 +61,13 @@ def outcome_summary(
     metric: str,
     reference: str = "ema_grpo",
     start_runs: dict[int, Path] | None = None,
+    at_step: int | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """``{task: {advantage: {"mean", "lo", "hi", "n", "paired", "gain"}}}`` from the runs' last held-out
-    values; ``paired`` is the interval of (advantage − reference) over the common seeds, ``gain`` that of
+    values (at or before the logged step ``at_step``, if set); ``paired`` is the interval of (advantage − reference) over the common seeds, ``gain`` that of
     (advantage − starting model) (``None`` without a common seed). The starting model itself is the
     entry ``start``."""
-    finals = last_values(collect_curves(run_dirs, metric))
+    finals = last_values(collect_curves(run_dirs, metric), at_step)
     starts = last_values(collect_curves({(START, s): d for s, d in (start_runs or {}).items()}, metric))
     start = starts.get(START, {})
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -90,13 +96,15 @@ def outcome_table(
     advantages: Sequence[str],
     metric: str,
     reference: str = "ema_grpo",
+    at_step: int | None = None,
 ) -> str:
     with_start = any(START in cells for cells in summary.values())
     others = [a for a in advantages if a != reference]
     columns = [START] * with_start + list(advantages)
     headers = columns + [f"Δ {a}" for a in others] + [f"gain {a}" for a in advantages] * with_start
     lines = [
-        f"## Held-out `{metric}` at the last evaluation",
+        f"## Held-out `{metric}` at the "
+        + ("last evaluation" if at_step is None else f"last evaluation logged at step {at_step} or before"),
         "",
         f"Mean [95% t-interval] over seeds; Δ: paired difference to {reference} on the same seeds "
         f"(an interval that excludes 0 separates the two)"
@@ -137,9 +145,11 @@ def write_outcomes(
     out: Path,
     advantages: Sequence[str],
     start_runs: dict[int, Path] | None = None,
+    at_steps: Sequence[int] = (),
 ) -> str | None:
-    """``ablation_heldout.md`` with one table per held-out metric the runs logged, and a plot of the
-    held-out curves per metric (``ablation_heldout_<greedy|sampled>.png``); None when no run evaluated."""
+    """``ablation_heldout.md`` with one table per held-out metric the runs logged (at the last evaluation,
+    then at each of ``at_steps``), and a plot of the held-out curves per metric
+    (``ablation_heldout_<greedy|sampled>.png``); None when no run evaluated."""
     start_runs = start_runs or {}
     parts = []
     for metric, label in zip(HELD_OUT, ("greedy", "sampled")):
@@ -147,6 +157,9 @@ def write_outcomes(
         if not summary:
             continue
         parts.append(outcome_table(summary, advantages, metric))
+        for step in at_steps:
+            at = outcome_summary(run_dirs, metric, start_runs=start_runs, at_step=step)
+            parts.append(outcome_table(at, advantages, metric, at_step=step))
         plot_curves(
             heldout_curves(run_dirs, metric, start_runs),
             Path(out) / f"ablation_heldout_{label}.png",

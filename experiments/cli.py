@@ -99,6 +99,7 @@ def _ablate(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         threads=args.threads,
         evaluate_start=args.evaluate_start,
+        heldout_at=args.heldout_at,
     )
     print(f"plot: {result['plot']}\ntable: {result['table']}")
     print(Path(result["table"]).read_text())
@@ -180,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--evaluate-start",
         action="store_true",
         help="evaluate the starting model on the held-out manifest once per seed; report gains over it",
+    )
+    ablate.add_argument(
+        "--heldout-at",
+        type=int,
+        action="append",
+        default=[],
+        help="also tabulate the held-out outcomes at this logged step (after RL step k: k-1); repeatable",
     )
     ablate.add_argument(
         "--counterfactual",

@@ -327,6 +327,7 @@ def test_parallel_ablation_reports_gains_over_the_starting_model(tmp_path, monke
         parallel=2,
         threads=1,
         evaluate_start=True,
+        heldout_at=[4],
     )
     assert sorted(commands) == ["fit"] * 4 + ["validate"] * 2 and set(envs) == {"1"}
     assert result["failed"] == [] and {r["advantage"] for r in result["runs"]} == {"grpo", "ema_grpo"}
@@ -342,8 +343,12 @@ def test_parallel_ablation_reports_gains_over_the_starting_model(tmp_path, monke
     assert gain["mean"] == pytest.approx(0.15) and gain["lo"] == pytest.approx(0.15 - half, abs=1e-5)
     assert summary["math"]["grpo"]["gain"]["mean"] == pytest.approx(0.025)
     assert summary["math"][START]["mean"] == pytest.approx(0.35) and summary["math"][START]["gain"] is None
+    at_4 = outcome_summary(
+        runs, "val/reward/overall", start_runs={s: out / START / f"seed{s}" for s in (0, 1)}, at_step=4
+    )
+    assert at_4["math"]["ema_grpo"]["gain"]["mean"] == pytest.approx(-0.35)  # 0.0 at step 4, start 0.35
     text = (out / "ablation_heldout.md").read_text()
-    assert "| math | 0.350 [" in text and "gain ema_grpo" in text
+    assert "| math | 0.350 [" in text and "gain ema_grpo" in text and "logged at step 4 or before" in text
     assert (out / "ablation_heldout_greedy.png").stat().st_size > 0
     with pytest.raises(ValueError, match="parallel"):
         run_ablation([str(c) for c in configs], ["grpo"], 1, str(out), parallel=0)
