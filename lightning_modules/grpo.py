@@ -244,7 +244,7 @@ class GRPOModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.backbone.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
+        total = self.schedule.horizon(self.trainer.max_steps, "GRPOModule")
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.schedule.build(optimizer, total), "interval": "step"},

@@ -22,6 +22,23 @@ class WarmupSchedule:
     name: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = 0.0
 
+    @property
+    def needs_horizon(self) -> bool:
+        """Whether the shape depends on the run's length (all but a constant rate without warm-up)."""
+        return self.name != "constant" or self.warmup_ratio > 0
+
+    def horizon(self, max_steps: int, owner: str) -> int:
+        """The total optimizer steps to build with: ``max_steps``; an error naming ``owner`` when the
+        shape needs a horizon and ``max_steps`` is unset (a constant rate builds with any)."""
+        if max_steps > 0:
+            return max_steps
+        if self.needs_horizon:
+            raise ValueError(
+                f"{owner}: the '{self.name}' schedule with warmup_ratio={self.warmup_ratio} needs the run's "
+                "length: set trainer.max_steps (optimizer updates), or use name: constant, warmup_ratio: 0"
+            )
+        return 1
+
     def build(self, optimizer: Optimizer, total_steps: int) -> LRScheduler:
         from transformers import get_scheduler
 

@@ -121,6 +121,31 @@ def test_gpu_recipe_is_a_valid_config(recipe: Path, trainer: str, tmp_path: Path
     assert printed["trainer"]["precision"] == "32-true"
 
 
+def test_rl_8b_recipe_matches_spec_section_7():
+    """The released RL configuration, value by value (SPEC §7)."""
+    cfg = yaml.safe_load((EXPERIMENTS / "ema_grpo_qwen3vl_8b.yaml").read_text())
+    module = cfg["model"]["init_args"]
+    assert module["rollout"]["init_args"] == {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 4096}
+    assert module["rollouts_per_prompt"] == 8 and cfg["data"]["global_batch_size"] == 128
+    assert module["prompts_per_update"] == 32 and module["ppo_epochs"] == 1  # 4 updates per RL step
+    assert (module["clip_low"], module["clip_high"], module["dual_clip"]) == (0.2, 0.3, 3.0)
+    assert module["loss_aggregation"] == "token-mean"
+    assert module["kl_coef"] == 0.0 and module["entropy_coef"] == 0.0  # released: no KL, no reference
+    assert module["filter_groups"] and module["filter_metric"] == "accuracy"
+    assert module["filter_band"] == [0.01, 0.99]
+    assert module["advantage"] == "ema_grpo" and module["reward_variant"] == "released"
+    assert module["optimizer"] == {
+        "class_path": "torch.optim.AdamW",
+        "init_args": {"lr": 2e-6, "weight_decay": 0.01},
+    }
+    assert module["schedule"] == {"name": "constant", "warmup_ratio": 0.0} and module["grad_clip"] == 1.0
+    backbone = module["backbone"]["init_args"]
+    assert backbone["freeze_vision_tower"] is False and backbone["dtype"] == "bfloat16"
+    from lightning_modules.losses import LOG_RATIO_CLAMP
+
+    assert LOG_RATIO_CLAMP == 20.0
+
+
 def test_one_switch_selects_the_vllm_engine(tmp_path: Path):
     """The shared fragment, or one flag, puts the vLLM engine in the 8B RL recipe (parsed here, no vLLM)."""
     shared = [EXPERIMENTS / "shared" / "trainer_fsdp.yaml", EXPERIMENTS / "shared" / "logger_wandb.yaml"]
