@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collate import Collator, Example, Mode, Skipped, load_example
-from datamodules.media import MediaConfig, PixelBudget, stage_media
+from datamodules.media import MediaConfig, PixelBudget, processor_family, stage_media
 from datamodules.records import Record, load_records, record_key
 from datamodules.sampling import MixedTaskSampler, sampling_probabilities
 
@@ -70,6 +70,8 @@ class OneThinkerDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes that decode media.
         seed: sampling seed; ranks read disjoint positions of one seeded stream.
         family: backbone family, which sets the patch factor (``qwen3_vl``: 32, ``qwen2_5_vl``: 28).
+            Default: the connected processor's (`connect`), so the backbone is the one source; a value
+            set here must agree with it.
         media_stage: SPEC §4 budget set (``rl``, ``sft`` or ``eval``; default: by ``mode``).
         image_pixels: (min, max) pixels per image, overriding the stage's.
         video_pixels: (min, max) pixels per video frame, overriding the stage's.
@@ -101,7 +103,7 @@ class OneThinkerDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
-        family: Literal["qwen3_vl", "qwen2_5_vl"] = "qwen3_vl",
+        family: Literal["qwen3_vl", "qwen2_5_vl"] | None = None,
         media_stage: Literal["sft", "rl", "eval"] | None = None,
         image_pixels: tuple[int, int] | None = None,
         video_pixels: tuple[int, int] | None = None,
@@ -128,13 +130,16 @@ class OneThinkerDataModule(L.LightningDataModule):
         self._pending_state: dict[str, Any] | None = None
         self._resample_sampler: MixedTaskSampler | None = None
         self._pending_resample: dict[str, Any] | None = None
-        media = stage_media(media_stage or mode, family)
-        media = replace(media, fps=fps, max_frames=max_frames)
-        if image_pixels is not None:
-            media = replace(media, image=PixelBudget(*image_pixels))
-        if video_pixels is not None:
-            media = replace(media, video_frame=PixelBudget(*video_pixels))
-        self.media: MediaConfig = media
+        self.media: MediaConfig | None = self._media(family) if family is not None else None
+
+    def _media(self, family: str) -> MediaConfig:
+        h = self.hparams
+        media = replace(stage_media(h.media_stage or self.mode, family), fps=h.fps, max_frames=h.max_frames)
+        if h.image_pixels is not None:
+            media = replace(media, image=PixelBudget(*h.image_pixels))
+        if h.video_pixels is not None:
+            media = replace(media, video_frame=PixelBudget(*h.video_pixels))
+        return media
 
     def prepare_data(self) -> None:
         from datamodules.synthetic import SPLITS, generate_suite
@@ -144,8 +149,16 @@ class OneThinkerDataModule(L.LightningDataModule):
             generate_suite(suite, per_task=self.hparams.synthetic_per_task, seed=0)
 
     def connect(self, processor: Any) -> None:
-        """Inject the backbone's processor (the data side never builds a model)."""
+        """Inject the backbone's processor (the data side never builds a model); its family sets the
+        media budgets unless ``family`` was given, which must then agree."""
+        family = processor_family(processor)
+        if self.hparams.family is not None and family is not None and self.hparams.family != family:
+            raise ValueError(
+                f"data.family is {self.hparams.family} but the backbone's processor is {family}: "
+                "leave data.family unset (it follows the backbone)"
+            )
         self.processor = processor
+        self.media = self._media(self.hparams.family or family or "qwen3_vl")
 
     def _load(self, manifests: list[str] | None, kind: str | None) -> list[Record]:
         """Records of the manifests; ``kind=None`` reads each manifest's kind from its first record."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,3 +167,13 @@ def load_video(
         total_frames=total,
         original_size=(width, height),
     )
+
+
+def processor_family(processor: Any) -> str | None:
+    """``qwen3_vl`` or ``qwen2_5_vl`` from a Qwen-VL processor's class; None for any other object."""
+    name = type(processor).__name__
+    if name.startswith("Qwen3VL"):
+        return "qwen3_vl"
+    if name.startswith("Qwen2_5_VL"):
+        return "qwen2_5_vl"
+    return None

@@ -115,3 +115,20 @@ def test_global_batch_size_splits_over_ranks_or_fails_at_setup(suite, processor)
     with pytest.raises(ValueError, match=r"global_batch_size=8 does not split over 3 ranks"):
         dm.setup("fit")
     assert make(suite, processor, mode="rl", batch_size=3).train_batch_size == 3  # per rank, as before
+
+
+def test_family_follows_the_connected_processor():
+    """The backbone is the one source of the family: its processor sets the patch factor; a data.family
+    that disagrees with it fails clearly."""
+    from lightning_modules.processing import build_processor
+
+    for family, factor in (("qwen3_vl", 32), ("qwen2_5_vl", 28)):
+        dm = OneThinkerDataModule(mode="rl")
+        assert dm.media is None
+        dm.connect(build_processor(family))
+        assert dm.media.factor == factor, family
+    pinned = OneThinkerDataModule(mode="rl", family="qwen2_5_vl")
+    with pytest.raises(
+        ValueError, match="data.family is qwen2_5_vl but the backbone's processor is qwen3_vl"
+    ):
+        pinned.connect(build_processor("qwen3_vl"))
