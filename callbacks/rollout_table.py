@@ -13,6 +13,8 @@ import lightning as L
 import numpy as np
 from PIL import Image
 
+from rewards import REWARD_FIELDS
+
 COLUMNS = (
     "step",
     "task",
@@ -26,7 +28,6 @@ COLUMNS = (
     "reward_structure",
     "advantage",
 )
-REWARD_FIELDS = ("overall", "accuracy", "format", "structure")
 _REPEATED_SPECIAL = re.compile(r"(<\|[A-Za-z_]+\|>)(?:\1)+")
 
 

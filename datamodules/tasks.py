@@ -17,6 +17,7 @@ PROBLEM_TYPES: tuple[str, ...] = (
 )
 DATA_TYPES: tuple[str, ...] = ("image", "video")
 RULE_BASED_QA: frozenset[str] = frozenset({"multiple choice", "numerical", "regression", "OCR", "math"})
+QA_TYPES: frozenset[str] = RULE_BASED_QA | {"open-ended"}  # answered in text, scored by the QA rewards
 
 # SPEC §4: RL data mix by group.
 MIX_GROUPS: dict[str, float] = {

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torchmetrics import MeanMetric, Metric, SumMetric
 
+from datamodules.tasks import QA_TYPES
 from metrics import (
     AverageOverlap,
     BoxGroundingAccuracy,
@@ -32,7 +33,6 @@ from rewards.parsing import (
     strip_ground_truth,
 )
 
-QA_TYPES = ("multiple choice", "numerical", "regression", "OCR", "math", "open-ended")
 NAN = float("nan")
 
 PROTOCOLS = {

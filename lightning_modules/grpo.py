@@ -45,9 +45,8 @@ from lightning_modules.rollout import HFGenerateEngine, RolloutEngine, Rollouts,
 from lightning_modules.schedules import WarmupSchedule
 from lightning_modules.sharding import ShardingSettings, configure_sharding
 from lightning_modules.step_metrics import log_step_metrics
+from rewards import REWARD_FIELDS
 from rewards.reward_model import OpenAIChatRewardScorer
-
-REWARD_FIELDS = ("overall", "accuracy", "format", "structure")
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:

@@ -30,13 +30,14 @@ from .reward_model import (
     normalize_by_group,
     reward_model_failures,
 )
-from .scoring import RewardResult, combine, score, score_batch, shutdown_pools
+from .scoring import REWARD_FIELDS, RewardResult, combine, score, score_batch, shutdown_pools
 from .segmentation import point_similarity
 from .timeout import call_with_timeout
 from .timeout import timeouts as reward_timeouts
 
 __all__ = [
     "RewardResult",
+    "REWARD_FIELDS",
     "score",
     "score_batch",
     "combine",

@@ -25,6 +25,10 @@ __all__ = ["RewardResult", "score", "score_batch", "combine", "shutdown_pools"]
 FORMAT_WEIGHT = 0.1  # released: overall = 0.9·accuracy + 0.1·format + structure
 
 
+REWARD_FIELDS: tuple[str, ...] = ("overall", "accuracy", "format", "structure")
+"""The reward floats of a `RewardResult`, in logging order."""
+
+
 @dataclass(frozen=True)
 class RewardResult:
     """One response's reward. `answer_error` holds the reason when the ground truth is malformed."""
@@ -37,12 +41,7 @@ class RewardResult:
 
     def as_dict(self) -> dict[str, float]:
         """The four reward floats, for logging."""
-        return {
-            "overall": self.overall,
-            "accuracy": self.accuracy,
-            "format": self.format,
-            "structure": self.structure,
-        }
+        return {name: getattr(self, name) for name in REWARD_FIELDS}
 
 
 def _finite(x: Any) -> float:
