@@ -32,7 +32,7 @@ _REPEATED_SPECIAL = re.compile(r"(<\|[A-Za-z_]+\|>)(?:\1)+")
 
 
 def _task_key(meta: dict[str, Any], by: str) -> str:
-    from lightning_modules.advantages import task_key
+    from datamodules.tasks import task_key
 
     return task_key(meta["problem_type"], meta["data_type"], by)
 

@@ -13,6 +13,7 @@ from PIL import Image
 from datamodules.media import MediaConfig, MediaError, VideoClip, load_image, load_video
 from datamodules.prompts import build_prompt, split_content
 from datamodules.records import Record, SFTRecord
+from datamodules.tasks import task_key
 
 Mode = Literal["sft", "rl", "eval"]
 MODES: tuple[str, ...] = ("sft", "rl", "eval")
@@ -34,7 +35,7 @@ class Example:
 
     @property
     def task(self) -> str:
-        return f"{self.record.problem_type}/{self.record.data_type}"
+        return task_key(self.record.problem_type, self.record.data_type, "task_modality")
 
     def meta(self) -> dict[str, Any]:
         r = self.record
@@ -97,7 +98,7 @@ class Skipped:
 
     @property
     def task(self) -> str:
-        return f"{self.record.problem_type}/{self.record.data_type}"
+        return task_key(self.record.problem_type, self.record.data_type, "task_modality")
 
 
 def user_parts(record: Record) -> list[dict[str, str]]:

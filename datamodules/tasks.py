@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+TaskKeyMode = Literal["task", "task_modality", "benchmark"]
+
 PROBLEM_TYPES: tuple[str, ...] = (
     "multiple choice",
     "numerical",
@@ -49,3 +53,21 @@ def template_key(problem_type: str, data_type: str) -> str:
     if problem_type == "segmentation":
         return f"segmentation_{data_type}"
     return problem_type
+
+
+def task_key(problem_type: str, data_type: str, by: TaskKeyMode = "task") -> str:
+    """The one name of a task, in three granularities.
+
+    ``task`` (the released EMA key τ): ``problem_type``, except segmentation, which is split by
+    modality into ``segmentation/image`` and ``segmentation/video``. ``task_modality``: every task is
+    ``problem_type/data_type`` (SFT losses, skip counts). ``benchmark`` (metrics.json): QA and
+    segmentation split by modality; grounding and tracking, whose modality the task fixes, are not.
+    """
+    if by == "task_modality":
+        return f"{problem_type}/{data_type}"
+    if by == "task":
+        return f"{problem_type}/{data_type}" if problem_type == "segmentation" else problem_type
+    if by == "benchmark":
+        split = problem_type in QA_TYPES or problem_type == "segmentation"
+        return f"{problem_type}/{data_type}" if split else problem_type
+    raise ValueError(f"task_key: by must be 'task', 'task_modality' or 'benchmark', got {by!r}")

@@ -34,7 +34,6 @@ __all__ = [
     "ema_grpo_advantages",
     "grpo_advantages",
     "group_statistics",
-    "task_key",
 ]
 
 EPS = 1e-6
@@ -43,26 +42,8 @@ EPS = 1e-6
 ZERO_STD_TOL = 1e-8
 """A group whose population std is at most this counts as zero-variance (its advantages are 0)."""
 
-TaskKeyMode = Literal["task", "task_modality"]
 GuardMode = Literal["fallback", "clip"]
 Estimator = Literal["ema_grpo", "grpo", "dr_grpo"]
-
-
-# --------------------------------------------------------------------------------------------
-# Task keys
-# --------------------------------------------------------------------------------------------
-def task_key(problem_type: str, data_type: str, by: TaskKeyMode = "task") -> str:
-    """The EMA key τ of a rollout.
-
-    ``by="task"`` (released): ``problem_type``, except segmentation, which is split by modality
-    into ``segmentation/image`` and ``segmentation/video``. ``by="task_modality"``: every task is
-    ``f"{problem_type}/{data_type}"``.
-    """
-    if by == "task_modality":
-        return f"{problem_type}/{data_type}"
-    if by == "task":
-        return f"{problem_type}/{data_type}" if problem_type == "segmentation" else problem_type
-    raise ValueError(f"task_key: by must be 'task' or 'task_modality', got {by!r}")
 
 
 # --------------------------------------------------------------------------------------------

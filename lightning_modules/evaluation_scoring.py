@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torchmetrics import MeanMetric, Metric, SumMetric
 
-from datamodules.tasks import QA_TYPES
+from datamodules.tasks import QA_TYPES, task_key
 from metrics import (
     AverageOverlap,
     BoxGroundingAccuracy,
@@ -145,15 +145,6 @@ def _gt(value: Any, field: str) -> Any:
     return value
 
 
-def task_name(problem_type: str, data_type: str) -> str:
-    """The key a task's figures sit under in metrics.json."""
-    if problem_type in QA_TYPES:
-        return f"{problem_type}/{data_type}"
-    if problem_type == "segmentation":
-        return f"segmentation/{data_type}"
-    return problem_type
-
-
 class BenchmarkScores:
     """The metrics of one benchmark, by task; ``update(row)`` then ``compute()``.
 
@@ -191,7 +182,7 @@ class BenchmarkScores:
 
     def declare(self, row: Row) -> dict[str, Metric]:
         """Create the metrics of a row's task (every rank declares every task, so syncs line up)."""
-        name = task_name(row.problem_type, row.data_type)
+        name = task_key(row.problem_type, row.data_type, "benchmark")
         factory = self._factories(row)
         if name not in self.metrics:
             self.metrics[name] = {k: make() for k, make in factory.items()} | {

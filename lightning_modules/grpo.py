@@ -14,8 +14,9 @@ from lightning.pytorch.cli import OptimizerCallable
 
 import rewards
 from datamodules.collate import RowMedia
+from datamodules.tasks import task_key
 from lightning_modules.advantage_diagnostics import advantage_diagnostics
-from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages, task_key
+from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages
 from lightning_modules.backbone import (
     VisionLanguageBackbone,
     join_sharded_call,

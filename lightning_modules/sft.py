@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
+from datamodules.tasks import task_key
 from lightning_modules.backbone import (
     VisionLanguageBackbone,
     join_sharded_call,
@@ -32,7 +33,7 @@ def per_task_sums(
     row_sum, row_count = (nll * mask).sum(dim=1), mask.sum(dim=1)
     out: dict[str, list] = defaultdict(lambda: [0.0, 0])
     for i, m in enumerate(meta):
-        key = f"{m['problem_type']}/{m['data_type']}"
+        key = task_key(m["problem_type"], m["data_type"], "task_modality")
         out[key][0] = out[key][0] + row_sum[i]
         out[key][1] += int(row_count[i])
     return {k: (v[0], v[1]) for k, v in out.items()}

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from datamodules.tasks import task_key
 from lightning_modules.advantages import (
     AdvantageResult,
     TaskRewardEMA,
@@ -20,7 +21,6 @@ from lightning_modules.advantages import (
     dr_grpo_advantages,
     ema_grpo_advantages,
     grpo_advantages,
-    task_key,
 )
 
 pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
@@ -53,6 +53,15 @@ def test_task_key_by_task_modality_splits_every_task() -> None:
     assert task_key("segmentation", "video", by="task_modality") == "segmentation/video"
     with pytest.raises(ValueError):
         task_key("OCR", "image", by="modality")  # type: ignore[arg-type]
+
+
+def test_task_key_by_benchmark_splits_qa_and_segmentation() -> None:
+    """metrics.json keys: QA and segmentation by modality; tasks whose modality is fixed, by type."""
+    assert task_key("open-ended", "video", by="benchmark") == "open-ended/video"
+    assert task_key("math", "image", by="benchmark") == "math/image"
+    assert task_key("segmentation", "image", by="benchmark") == "segmentation/image"
+    assert task_key("temporal grounding", "video", by="benchmark") == "temporal grounding"
+    assert task_key("spatial grounding", "image", by="benchmark") == "spatial grounding"
 
 
 # ---------------------------------------------------------------------------------------------
