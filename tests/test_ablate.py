@@ -64,6 +64,11 @@ def write_metrics(path: Path, columns: dict[str, list[tuple[int, float]]]) -> No
         w.writerow({"epoch": 0, "step": steps[-1], "val/reward/overall": 0.5})  # a validation row
 
 
+def flag(args: list[str], name: str) -> str:
+    """The value of ``--name=value`` in a generated command line."""
+    return next(a for a in args if a.startswith(name + "=")).split("=", 1)[1]
+
+
 def synthetic_runs(root: Path) -> dict[tuple[str, int], Path]:
     runs = {}
     for adv, seeds in SERIES.items():
@@ -206,7 +211,7 @@ def test_build_fit_args(tmp_path, monkeypatch):
     assert "--model.init_args.advantage=dr_grpo" in args
     assert "--seed_everything=3" in args and "--model.init_args.seed=3" in args and "--data.seed=3" in args
     assert f"--trainer.default_root_dir={run_dir}" in args
-    loggers = json.loads(next(a for a in args if a.startswith("--trainer.logger=")).split("=", 1)[1])
+    loggers = json.loads(flag(args, "--trainer.logger"))
     assert loggers[0] == {
         "class_path": "lightning.pytorch.loggers.CSVLogger",
         "init_args": {"save_dir": str(run_dir), "name": "csv", "version": 0},
@@ -221,7 +226,7 @@ def test_build_fit_args(tmp_path, monkeypatch):
         "p",
     )
     assert w["tags"] == ["demo", "ablation", "dr_grpo"]
-    cbs = json.loads(next(a for a in args if a.startswith("--trainer.callbacks=")).split("=", 1)[1])
+    cbs = json.loads(flag(args, "--trainer.callbacks"))
     assert cbs[1]["init_args"] == {"dirpath": str(run_dir / "checkpoints"), "save_last": True}
 
     monkeypatch.setenv("WANDB_MODE", "online")
@@ -243,9 +248,9 @@ def test_run_ablation_with_fake_fit(tmp_path, monkeypatch):
     def fake_run(cmd, stdout, stderr, env, check):
         args = cmd[3:]
         assert cmd[1:4] == ["-m", "experiments.cli", "fit"]
-        adv = next(a for a in args if a.startswith("--model.init_args.advantage=")).split("=", 1)[1]
-        seed = int(next(a for a in args if a.startswith("--seed_everything=")).split("=", 1)[1])
-        run_dir = Path(next(a for a in args if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1])
+        adv = flag(args, "--model.init_args.advantage")
+        seed = int(flag(args, "--seed_everything"))
+        run_dir = Path(flag(args, "--trainer.default_root_dir"))
         calls.append((adv, seed))
         if adv == "dr_grpo" and seed == 1:
             stdout.write("Traceback: boom\n")
@@ -303,13 +308,13 @@ def test_parallel_ablation_reports_gains_over_the_starting_model(tmp_path, monke
         args = cmd[3:]
         commands.append(args[0])
         envs.append(env.get("OMP_NUM_THREADS"))
-        seed = int(next(a for a in args if a.startswith("--model.init_args.seed=")).split("=", 1)[1])
-        run_dir = Path(next(a for a in args if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1])
+        seed = int(flag(args, "--model.init_args.seed"))
+        run_dir = Path(flag(args, "--trainer.default_root_dir"))
         if args[0] == "validate":
             assert "--trainer.limit_val_batches=1.0" in args and "--trainer.callbacks=[]" in args
             columns = {"val/reward/overall/math": [(0, start[seed])]}
         else:
-            adv = next(a for a in args if a.startswith("--model.init_args.advantage=")).split("=", 1)[1]
+            adv = flag(args, "--model.init_args.advantage")
             columns = {
                 "train/reward/overall/math": [(1, 0.1), (8, 0.2)],
                 "val/reward/overall/math": [(4, 0.0), (8, last[adv][seed])],
