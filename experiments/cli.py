@@ -218,11 +218,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             print(f"onethinker {argv[0]}: {problem}", file=sys.stderr)
             return 2
+        from datamodules.datamodule import SkippedDataError
+
         try:
             run_lightning_cli(argv)
         except OutputDirError as err:
             print(f"onethinker {argv[0]}: {err}", file=sys.stderr)
             return 2
+        except SkippedDataError as err:  # the data, not the code: counts and first files, no traceback
+            print(f"onethinker {argv[0]}: {err}", file=sys.stderr)
+            return 1
         return 0
     args = build_parser().parse_args(argv)
     from datamodules.records import ManifestError, RecordError

@@ -319,6 +319,7 @@ def test_a_fit_on_skipped_rows_only_fails_with_the_counts(
     assert result.returncode != 0
     assert "train rows read were skipped" in result.stderr and "bad_media/" in result.stderr
     assert "missing/" in result.stderr  # the first files
+    assert "Traceback" not in result.stderr and "onethinker fit: " in result.stderr
     assert ("Nothing was trained on" in result.stderr) == (steps == 1)
 
 
