@@ -1,4 +1,6 @@
-"""Text of the synthetic suite (prompts and assistant turns), for training the demo's small vocabulary."""
+"""Text of the synthetic suite (prompts and assistant turns), which the demo's small vocabulary was trained
+on. ``python -m datamodules.synthetic_corpus`` retrains it and rewrites the shipped file
+(`lightning_modules.processing.SYNTHETIC_BPE`), e.g. after the generator's text changed."""
 
 from __future__ import annotations
 
@@ -19,3 +21,16 @@ def synthetic_corpus(per_task: int = 24, seed: int = 12345) -> tuple[str, ...]:
         texts += [r.answer for r in load_records(paths["rl"], "rl")]
         texts += [t.content for r in load_records(paths["sft"], "sft") for t in r.messages]
     return tuple(texts)
+
+
+def write_synthetic_bpe() -> None:
+    import json
+
+    from lightning_modules.processing import SYNTHETIC_BPE, train_synthetic_bpe
+
+    SYNTHETIC_BPE.write_text(json.dumps(train_synthetic_bpe(synthetic_corpus()), ensure_ascii=False) + "\n")
+    print(f"wrote {SYNTHETIC_BPE}")
+
+
+if __name__ == "__main__":
+    write_synthetic_bpe()

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -136,40 +137,48 @@ def qwen_tokenizer() -> Any:
     return _cached_tokenizer(f"qwen2-tokenizer-{digest}", build)
 
 
-@lru_cache(maxsize=4)
-def synthetic_tokenizer(vocab_size: int = 1024) -> Any:
-    """A small byte-level BPE trained on the synthetic suite's text, with the Qwen added tokens and
-    pre-tokenizer. For the CPU demo only: a 151k-entry softmax makes a toy model learn too slowly.
-    Tests of tokenization and prompt fidelity use `qwen_tokenizer`.
-    """
+SYNTHETIC_BPE = Path(__file__).with_name("synthetic_bpe.json")
+"""The demo's 1,024-entry byte-level BPE (vocab and merges), trained on the synthetic suite's text and
+shipped, so that building it needs no synthetic data (`python -m datamodules.synthetic_corpus` retrains
+and rewrites it; a test checks that it still matches the suite)."""
+
+
+def train_synthetic_bpe(corpus: Sequence[str], vocab_size: int = 1024) -> dict[str, Any]:
+    """``{"vocab", "merges"}`` of a byte-level BPE trained on ``corpus`` with Qwen's pre-tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    from datamodules.synthetic_corpus import synthetic_corpus
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [m.split(" ") if isinstance(m, str) else list(m) for m in state["merges"]]
+    return {"vocab": state["vocab"], "merges": merges}
 
-    corpus = synthetic_corpus()
-    digest = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:12]
 
-    def build() -> Any:
-        from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-        bpe = Tokenizer(models.BPE())
-        bpe.normalizer = normalizers.NFC()
-        bpe.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-        bpe.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-        )
-        bpe.train_from_iterator(corpus, trainer)
-        state = json.loads(bpe.to_str())["model"]
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-        return _qwen2_tokenizer(state["vocab"], merges, None)
-
-    return _cached_tokenizer(f"synthetic-bpe-{vocab_size}-{digest}", build)
+@lru_cache(maxsize=1)
+def synthetic_tokenizer() -> Any:
+    """The shipped small BPE (`SYNTHETIC_BPE`) with the Qwen added tokens and pre-tokenizer. For the CPU
+    demo only: a 151k-entry softmax makes a toy model learn too slowly. Tests of tokenization and
+    prompt fidelity use `qwen_tokenizer`.
+    """
+    text = SYNTHETIC_BPE.read_text()
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    state = json.loads(text)
+    merges = [tuple(m) for m in state["merges"]]
+    return _cached_tokenizer(
+        f"synthetic-bpe-{digest}", lambda: _qwen2_tokenizer(state["vocab"], merges, None)
+    )
 
 
 def build_processor(family: Family = "qwen3_vl", tokenizer: Any = None) -> Any:

@@ -76,6 +76,27 @@ def test_synthetic_vocabulary_keeps_qwen_specials_and_round_trips():
     assert tok.encode("<|im_start|>")[0] == tok.convert_tokens_to_ids("<|im_start|>")
 
 
+def test_shipped_synthetic_vocabulary_matches_the_suite_text(tmp_path):
+    """The shipped BPE is what training on the synthetic suite's text gives today (a generator change
+    that moves it fails here: rewrite it with `python -m datamodules.synthetic_corpus`), and building
+    the tokenizer from it, in an empty cache, does not import the generator."""
+    import os
+    import subprocess
+    import sys
+
+    from datamodules.synthetic_corpus import synthetic_corpus
+    from lightning_modules.processing import SYNTHETIC_BPE, train_synthetic_bpe
+
+    assert train_synthetic_bpe(synthetic_corpus()) == json.loads(SYNTHETIC_BPE.read_text())
+    code = (
+        "import sys; from lightning_modules.processing import synthetic_tokenizer; tok = synthetic_tokenizer(); "
+        "print(len(tok), any(m.startswith('datamodules.synthetic') for m in sys.modules))"
+    )
+    env = {**os.environ, "ONETHINKER_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1050", "False"]
+
+
 def test_tiny_preset_with_synthetic_vocabulary_runs(media_dir):
     import torch
 
