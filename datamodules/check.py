@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datamodules.media import MediaError, PixelBudget, load_image, load_video
-from datamodules.records import ManifestError, Record, RecordError, RecordKind, _raw_items, iter_records
+from datamodules.records import Record, RecordError, RecordKind, detect_kind, iter_records
 
 # Small decode budget: the check only proves a file decodes.
 _PROBE = PixelBudget(1024, 32 * 32 * 4)
@@ -46,25 +46,6 @@ class CheckReport:
             lines.append("  missing or undecodable media:")
             lines += [f"    {e}" for e in self.bad_media]
         return "\n".join(lines)
-
-
-def detect_kind(path: str | Path) -> RecordKind:
-    """Guess the record kind from the first record's keys (`ManifestError` / `RecordError` when the
-    file is missing, empty, not JSON, or its first record is not an object)."""
-    path = Path(path)
-    item = next(_raw_items(path), None)
-    if item is None:
-        raise ManifestError(path, "the manifest holds no records")
-    where, first, parse_error = item
-    if parse_error is not None:
-        raise ManifestError(path, f"{where} is not valid JSON ({parse_error})")
-    if not isinstance(first, dict):
-        raise ManifestError(path, f"{where} is a {type(first).__name__}, expected a JSON object")
-    if "messages" in first:
-        return "sft"
-    if "solution" in first or "path" in first:
-        return "eval"
-    return "rl"
 
 
 def _probe_media(record: Record, decode: bool) -> list[str]:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collate import Collator, Example, Mode, Skipped, load_example
 from datamodules.media import MediaConfig, PixelBudget, processor_family, stage_media
-from datamodules.records import Record, load_records, record_key
+from datamodules.records import Record, detect_kind, load_records, record_key
 from datamodules.sampling import MixedTaskSampler, sampling_probabilities
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,6 @@ class OneThinkerDataModule(L.LightningDataModule):
 
     def _load(self, manifests: list[str] | None, kind: str | None) -> list[Record]:
         """Records of the manifests; ``kind=None`` reads each manifest's kind from its first record."""
-        from datamodules.check import detect_kind
-
         records: list[Record] = []
         for path in manifests or []:
             records += load_records(path, kind or detect_kind(path), self.hparams.media_root)

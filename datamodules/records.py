@@ -370,3 +370,22 @@ def load_records(path: str | Path, kind: RecordKind, media_root: str | Path | No
 def record_key(record: Record) -> tuple[str, int]:
     """An evaluation record's identity across manifests: (manifest file stem, problem_id)."""
     return Path(record.source).stem, record.problem_id
+
+
+def detect_kind(path: str | Path) -> RecordKind:
+    """Guess the record kind from the first record's keys (`ManifestError` / `RecordError` when the
+    file is missing, empty, not JSON, or its first record is not an object)."""
+    path = Path(path)
+    item = next(_raw_items(path), None)
+    if item is None:
+        raise ManifestError(path, "the manifest holds no records")
+    where, first, parse_error = item
+    if parse_error is not None:
+        raise ManifestError(path, f"{where} is not valid JSON ({parse_error})")
+    if not isinstance(first, dict):
+        raise ManifestError(path, f"{where} is a {type(first).__name__}, expected a JSON object")
+    if "messages" in first:
+        return "sft"
+    if "solution" in first or "path" in first:
+        return "eval"
+    return "rl"
