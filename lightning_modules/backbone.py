@@ -410,6 +410,12 @@ def response_mask(response: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     return (~after_eos).long()
 
 
+def decode_responses(tokenizer: Any, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """The text of each response's masked-in tokens (special tokens dropped): what rewards score."""
+    kept = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tokenizer.pad_token_id))
+    return tokenizer.batch_decode(kept, skip_special_tokens=True)
+
+
 def vision_grad_anchor(backbone: VisionLanguageBackbone, batch: dict[str, Any]) -> torch.Tensor | float:
     """Zero, with a (zero) gradient for every trainable vision parameter when ``batch`` has no media.
 

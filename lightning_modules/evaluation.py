@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lightning_modules.backbone import VisionLanguageBackbone, join_sharded_call
+from lightning_modules.backbone import VisionLanguageBackbone, decode_responses, join_sharded_call
 from lightning_modules.evaluation_report import (
     PredictionStore,
     decode_mask,
@@ -145,11 +145,7 @@ class EvaluationModule(L.LightningModule):
             return
         started = time.perf_counter()
         out = self.backbone.generate(batch, max_new_tokens=self.max_new_tokens, do_sample=False)
-        tok = self.backbone.tokenizer
-        mask = out["response_mask"]
-        texts = tok.batch_decode(
-            out["response_ids"] * mask + tok.pad_token_id * (1 - mask), skip_special_tokens=True
-        )
+        texts = decode_responses(self.backbone.tokenizer, out["response_ids"], out["response_mask"])
         rows = [self._row(meta, text) for meta, text in zip(batch["meta"], texts)]
         self._store.append(rows)
         self._new_rows += rows

@@ -19,6 +19,7 @@ from lightning_modules.advantage_diagnostics import advantage_diagnostics
 from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages
 from lightning_modules.backbone import (
     VisionLanguageBackbone,
+    decode_responses,
     join_sharded_call,
     placeholder_row,
     sharded_across_ranks,
@@ -708,11 +709,8 @@ class GRPOModule(L.LightningModule):
     def _score_generated(
         self, batch: dict[str, Any], out: dict[str, torch.Tensor], n: int
     ) -> dict[str, torch.Tensor]:
-        tok = self.backbone.tokenizer
         mask = out["response_mask"]
-        texts = tok.batch_decode(
-            out["response_ids"] * mask + tok.pad_token_id * (1 - mask), skip_special_tokens=True
-        )
+        texts = decode_responses(self.backbone.tokenizer, out["response_ids"], mask)
         meta = [m for m in batch["meta"] for _ in range(n)]
         return self._score(Rollouts(batch, mask, texts, torch.arange(len(texts)), meta, int(mask.sum())))
 

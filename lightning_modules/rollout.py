@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import torch
 
-from lightning_modules.backbone import VisionLanguageBackbone, response_mask
+from lightning_modules.backbone import VisionLanguageBackbone, decode_responses, response_mask
 
 VISION = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
 ROW_LISTS = ("row_media",)  # per-row lists that travel with their rows
@@ -164,7 +164,7 @@ def layout_rollouts(
         sampled[:, prompt_len:] = torch.where(
             mask.bool(), engine, torch.zeros_like(engine)
         )  # NaN: not reported
-    texts = tok.batch_decode(response_ids, skip_special_tokens=True)
+    texts = decode_responses(tok, response_ids, mask)
     groups = torch.arange(len(texts) // rollouts_per_prompt).repeat_interleave(rollouts_per_prompt)
     return Rollouts(batch, full_mask, texts, groups, batch["meta"], int(mask.sum()), sampled)
 

@@ -618,3 +618,18 @@ def test_export_round_trip_through_from_pretrained(sft_records, family: str, tmp
     ):
         assert torch.equal(again[key], batch[key]), key
     torch.testing.assert_close(reference_logits(model, again), want, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_responses_keeps_only_masked_in_tokens():
+    import torch
+
+    from lightning_modules.backbone import decode_responses
+    from lightning_modules.processing import qwen_tokenizer
+
+    tok = qwen_tokenizer()
+    first, second = tok.encode("<answer>B</answer>"), tok.encode(" tail")
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ids = torch.tensor([first + [end] + second])
+    mask = torch.tensor([[1] * (len(first) + 1) + [0] * len(second)])
+    assert decode_responses(tok, ids, mask) == ["<answer>B</answer>"]
+    assert decode_responses(tok, ids, torch.ones_like(mask)) == ["<answer>B</answer> tail"]
