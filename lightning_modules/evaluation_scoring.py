@@ -24,7 +24,8 @@ from metrics import (
     JAndF,
     TemporalGroundingRecall,
 )
-from rewards import box_iou, score
+from rewards import score
+from rewards.grounding import shared_seconds_iou
 from rewards.parsing import (
     answer_for_accuracy,
     as_number_list,
@@ -82,12 +83,6 @@ def second_boxes(obj: Any) -> dict[str, list[float]]:
         if box is not None:
             out[str(key)] = box
     return out
-
-
-def shared_seconds_iou(pred: dict[str, list[float]], gt: dict[str, list[float]]) -> float:
-    """sIoU: mean box IoU over the seconds present in both (0 when they share none)."""
-    shared = [k for k in pred if k in gt]
-    return sum(box_iou(pred[k], gt[k]) for k in shared) / len(shared) if shared else 0.0
 
 
 def scale_box(box: list[float], width: float, height: float) -> list[float]:

@@ -18,6 +18,7 @@ __all__ = [
     "tracking_accuracy",
     "check_span",
     "check_box",
+    "shared_seconds_iou",
 ]
 
 
@@ -49,6 +50,15 @@ def box_iou(pred: Any, gt: Any) -> float:
     union = area1 + area2 - inter
     v = inter / union if union > 1e-12 else 0.0
     return v if math.isfinite(v) else 0.0  # inf/inf for absurdly large boxes
+
+
+def shared_seconds_iou(pred: Any, gt: Any) -> float:
+    """sIoU: mean box IoU over the seconds both ``{second: box}`` objects hold (keys compared as
+    strings, in prediction order); 0 when they share none or either is not an object."""
+    if not isinstance(pred, dict) or not isinstance(gt, dict):
+        return 0.0
+    common = [k for k in pred if k in gt]
+    return sum(box_iou(pred[k], gt[k]) for k in common) / len(common) if common else 0.0
 
 
 def check_span(x: Any) -> str | None:
@@ -133,12 +143,7 @@ def spatial_temporal_accuracy(pred: str, gt: str, variant: str = "released") -> 
         return 0.0
     p, g = objs
     tiou = temporal_iou(p.get("time"), g.get("time"))
-    pb, gb = p.get("boxes"), g.get("boxes")
-    miou = 0.0
-    if isinstance(pb, dict) and isinstance(gb, dict):
-        common = [k for k in pb if k in gb]  # keys compared as strings, prediction order
-        if common:
-            miou = sum(box_iou(pb[k], gb[k]) for k in common) / len(common)
+    miou = shared_seconds_iou(p.get("boxes"), g.get("boxes"))
     return tiou + miou if variant == "paper" else 0.5 * tiou + 0.5 * miou
 
 

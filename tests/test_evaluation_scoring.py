@@ -12,8 +12,8 @@ from lightning_modules.evaluation_scoring import (
     BenchmarkScores,
     Row,
     frame_boxes_from_seconds,
-    shared_seconds_iou,
 )
+from rewards.grounding import shared_seconds_iou
 
 
 def answer(obj: object) -> str:
