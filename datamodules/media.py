@@ -94,15 +94,20 @@ class VideoClip:
         return len(self.frame_indices) / duration if duration > 0 else self.native_fps
 
 
-def load_image(path: str | Path, budget: PixelBudget, factor: int = 32, record: str = "") -> ImageItem:
-    """Decode an image as RGB and resize it into the budget."""
+def open_rgb(path: str | Path, record: str = "") -> Image.Image:
+    """An image decoded as RGB at its stored size; `MediaError` naming the file when it cannot be."""
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            return img.convert("RGB")
     except FileNotFoundError:
         raise MediaError(path, "image file not found", record) from None
     except Exception as e:  # PIL raises many types on corrupt data
         raise MediaError(path, f"cannot decode image: {e}", record) from e
+
+
+def load_image(path: str | Path, budget: PixelBudget, factor: int = 32, record: str = "") -> ImageItem:
+    """Decode an image as RGB and resize it into the budget."""
+    img = open_rgb(path, record)
     w, h = img.size
     if w == 0 or h == 0:
         raise MediaError(path, "image is empty", record)
@@ -177,3 +182,59 @@ def processor_family(processor: Any) -> str | None:
     if name.startswith("Qwen2_5_VL"):
         return "qwen2_5_vl"
     return None
+
+
+# Media at native resolution (segmentation masks are scored on the file's own pixel grid)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image as [H, W, 3] uint8 RGB at its stored size (no EXIF rotation, so masks keep the file's grid)."""
+    return np.asarray(open_rgb(path), dtype=np.uint8).copy()
+
+
+def _valid_fps(fps: Any) -> float | None:
+    try:
+        f = float(fps)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None
+
+
+def _read_decord(path: str) -> tuple[np.ndarray, float]:
+    import decord
+
+    reader = decord.VideoReader(path, num_threads=1)
+    n, fps = len(reader), _valid_fps(reader.get_avg_fps())
+    if n == 0 or fps is None:
+        raise ValueError(f"decord: {n} frames at fps {reader.get_avg_fps()}")
+    return reader.get_batch(list(range(n))).asnumpy(), fps
+
+
+def _read_pyav(path: str) -> tuple[np.ndarray, float]:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        fps = (
+            _valid_fps(stream.average_rate) or _valid_fps(stream.guessed_rate) or _valid_fps(stream.base_rate)
+        )
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    if not frames or fps is None:
+        raise ValueError(f"PyAV: {len(frames)} frames at fps {fps}")
+    return np.stack(frames), fps
+
+
+def read_frames(path: str | Path) -> tuple[np.ndarray, float]:
+    """All frames [T, H, W, 3] uint8 RGB at native resolution, and the native fps.
+
+    decord first; PyAV when decord fails or reports no frames or no fps. Raises `MediaError` when both fail.
+    """
+    if not Path(path).is_file():
+        raise MediaError(path, "video file not found")
+    errors = []
+    for reader in (_read_decord, _read_pyav):
+        try:
+            return reader(str(path))
+        except Exception as e:  # decord and PyAV raise their own error types
+            errors.append(f"{reader.__name__[6:]}: {e}")
+    raise MediaError(path, "cannot decode video (" + "; ".join(errors) + ")")

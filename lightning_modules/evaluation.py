@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from datamodules.media import read_frames, read_image
 from lightning_modules.backbone import VisionLanguageBackbone, decode_responses, join_sharded_call
 from lightning_modules.evaluation_report import (
     PredictionStore,
@@ -30,13 +31,7 @@ from lightning_modules.evaluation_report import (
     write_summary,
 )
 from lightning_modules.evaluation_scoring import PROTOCOLS, BenchmarkScores, Row
-from lightning_modules.sam2_masks import (
-    MaskPredictor,
-    parse_segmentation_prompt,
-    predict_masks,
-    read_frames,
-    read_image,
-)
+from lightning_modules.sam2_masks import MaskPredictor, parse_segmentation_prompt, predict_masks
 from lightning_modules.sharding import ShardingSettings, configure_sharding
 from rewards.parsing import extract_answer, normalize_response
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -34,8 +33,6 @@ __all__ = [
     "sam2_prompt_inputs",
     "predict_masks",
     "tiny_sam2",
-    "read_frames",
-    "read_image",
 ]
 
 SCALE = 1000.0  # Qwen3-VL normalized coordinates
@@ -549,73 +546,3 @@ def tiny_sam2(seed: int = 0) -> tuple[Any, Any, Any, Any]:
         image_processor=image_processor, video_processor=Sam2VideoVideoProcessor(size=size)
     )
     return image_model, processor, video_model, video_processor
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Media at native resolution
-# ---------------------------------------------------------------------------------------------------------
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image as [H, W, 3] uint8 RGB at its stored size (no EXIF rotation, so masks keep the file's grid)."""
-    from PIL import Image
-
-    from datamodules.media import MediaError
-
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise MediaError(path, "image file not found") from None
-    except Exception as e:  # PIL raises many types on corrupt data
-        raise MediaError(path, f"cannot decode image: {e}") from e
-
-
-def _valid_fps(fps: Any) -> float | None:
-    try:
-        f = float(fps)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return f if math.isfinite(f) and f > 0 else None
-
-
-def _read_decord(path: str) -> tuple[np.ndarray, float]:
-    import decord
-
-    reader = decord.VideoReader(path, num_threads=1)
-    n, fps = len(reader), _valid_fps(reader.get_avg_fps())
-    if n == 0 or fps is None:
-        raise ValueError(f"decord: {n} frames at fps {reader.get_avg_fps()}")
-    return reader.get_batch(list(range(n))).asnumpy(), fps
-
-
-def _read_pyav(path: str) -> tuple[np.ndarray, float]:
-    import av
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        fps = (
-            _valid_fps(stream.average_rate) or _valid_fps(stream.guessed_rate) or _valid_fps(stream.base_rate)
-        )
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    if not frames or fps is None:
-        raise ValueError(f"PyAV: {len(frames)} frames at fps {fps}")
-    return np.stack(frames), fps
-
-
-def read_frames(path: str | Path) -> tuple[np.ndarray, float]:
-    """All frames [T, H, W, 3] uint8 RGB at native resolution, and the native fps.
-
-    decord first; PyAV when decord fails or reports no frames or no fps. Raises `MediaError` when both fail.
-    """
-    from datamodules.media import MediaError
-
-    if not Path(path).is_file():
-        raise MediaError(path, "video file not found")
-    errors = []
-    for reader in (_read_decord, _read_pyav):
-        try:
-            return reader(str(path))
-        except Exception as e:  # decord and PyAV raise their own error types
-            errors.append(f"{reader.__name__[6:]}: {e}")
-    raise MediaError(path, "cannot decode video (" + "; ".join(errors) + ")")

@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datamodules.media import MediaError
+from datamodules.media import MediaError, read_frames, read_image
 from lightning_modules.sam2_masks import (
     MaskPredictor,
     Sam2MaskPredictor,
@@ -22,8 +22,6 @@ from lightning_modules.sam2_masks import (
     key_frame_index,
     parse_segmentation_prompt,
     predict_masks,
-    read_frames,
-    read_image,
     sam2_prompt_inputs,
     tiny_sam2,
     to_pixels,
