@@ -28,6 +28,17 @@ def threshold_key(prefix: str, t: float) -> str:
     return f"{prefix}@{t:g}"
 
 
+def add_iou_threshold_state(metric: NanPredictionCount, thresholds: Sequence[float]) -> None:
+    """The summed state of a mean-IoU-with-thresholds metric (grounding recall, tracking AO/SR): the
+    thresholds and their buffer, ``iou_sum``, ``count``, ``hits`` per threshold and the NaN count."""
+    metric.thresholds = check_thresholds(thresholds)
+    metric.register_buffer("_thr", torch.tensor(metric.thresholds, dtype=torch.float64), persistent=False)
+    metric.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+    metric.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+    metric.add_state("hits", torch.zeros(len(metric.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
+    metric._add_nan_state()
+
+
 class NanPredictionCount(Metric):
     """Mixin state `num_nan_preds`: NaN prediction rows that were scored as IoU 0."""
 

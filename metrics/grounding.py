@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
-from metrics._common import NanPredictionCount, check_thresholds, threshold_key
+from metrics._common import NanPredictionCount, add_iou_threshold_state, threshold_key
 from metrics.boxes import BOX_FORMATS, check_boxes, span_iou, to_xyxy, xyxy_iou
 
 
@@ -26,12 +25,7 @@ class _MeanIoURecall(NanPredictionCount):
 
     def __init__(self, thresholds: Sequence[float], **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.thresholds = check_thresholds(thresholds)
-        self.register_buffer("_thr", torch.tensor(self.thresholds, dtype=torch.float64), persistent=False)
-        self.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("hits", torch.zeros(len(self.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
-        self._add_nan_state()
+        add_iou_threshold_state(self, thresholds)
 
     def _add(self, iou: Tensor, nan_rows: Tensor) -> None:
         iou = iou.masked_fill(nan_rows, 0.0)

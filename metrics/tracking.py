@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from metrics._common import NanPredictionCount, check_thresholds, threshold_key
+from metrics._common import NanPredictionCount, add_iou_threshold_state, threshold_key
 from metrics.boxes import BOX_FORMATS, check_boxes, got10k_clip, got10k_iou, to_xywh, to_xyxy, xyxy_iou
 
 PROTOCOLS = ("got10k", "onethinker")
@@ -52,13 +52,7 @@ class AverageOverlap(NanPredictionCount):
             raise ValueError(f"`protocol` must be one of {PROTOCOLS}, got {protocol!r}")
         self.box_format = box_format
         self.protocol = protocol
-        self.thresholds = check_thresholds(thresholds)
-        self.register_buffer("_thr", torch.tensor(self.thresholds, dtype=torch.float64), persistent=False)
-        # got10k: sums over frames; onethinker: sums over videos.
-        self.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("hits", torch.zeros(len(self.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
-        self._add_nan_state()
+        add_iou_threshold_state(self, thresholds)  # got10k: sums over frames; onethinker: over videos
 
     def update(
         self,
