@@ -46,13 +46,50 @@ def check_writable(dirs: Sequence[str]) -> None:
             ) from None
 
 
+def recipe_name(config_files: Sequence[Any]) -> str | None:
+    """The name of the last ``--config`` file that sets ``model.class_path`` (the recipe): its stem,
+    after its folder unless that is ``experiments`` (``ema_grpo_qwen3vl_8b``, ``demo-ema_grpo``)."""
+    import yaml
+
+    for path in reversed(list(config_files or [])):
+        absolute = getattr(path, "absolute", str(path))  # jsonargparse's Path: the file as resolved
+        file = Path(str(absolute() if callable(absolute) else absolute))
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, dict) and "class_path" in model:
+            folder = file.parent.name
+            return file.stem if folder in ("experiments", "") else f"{folder}-{file.stem}"
+    return None
+
+
+def name_loggers(trainer: Any, recipe: str | None) -> None:
+    """Loggers that leave their run name unset take the recipe's: W&B ``name``/``group``/``tags`` and
+    the CSV folder ``name``, so every recipe's runs are told apart without copying names by hand."""
+    if recipe is None:
+        return
+    for entry in _as_list(trainer.get("logger")):
+        if not hasattr(entry, "get") or not entry.get("init_args"):
+            continue
+        kind, init = str(entry.get("class_path", "")).rsplit(".", 1)[-1], entry["init_args"]
+        if kind == "WandbLogger":
+            for key, value in (("name", recipe), ("group", recipe), ("tags", [recipe])):
+                if not init.get(key):
+                    init[key] = value
+        elif kind == "CSVLogger" and init.get("name") in (None, "lightning_logs"):
+            init["name"] = recipe
+
+
 class OneThinkerCLI(LightningCLI):
-    """Checks the output folders before anything is built; connects the backbone's processor to
-    the data module once both exist."""
+    """Checks the output folders before anything is built; names unnamed loggers after the recipe;
+    connects the backbone's processor to the data module once both exist."""
 
     def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        name_loggers(config.get("trainer", {}), recipe_name(config.get("config")))
         if self.subcommand == "fit":
-            config = self.config.get(self.subcommand, self.config)
             check_writable(output_dirs(config.get("trainer", {})))
 
     def instantiate_classes(self) -> None:

@@ -336,3 +336,35 @@ def test_an_unwritable_output_folder_fails_at_set_up(tmp_path: Path):
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"cannot write to {blocker}/ckpt" in result.stderr
+
+
+def test_unnamed_loggers_take_the_recipe_name(tmp_path: Path, monkeypatch):
+    """logger_wandb.yaml names no run: W&B's name, group and tags and the CSV folder come from the
+    recipe (the last config that sets model.class_path, not a fragment after it); explicit names stay."""
+    from datamodules.datamodule import OneThinkerDataModule
+    from experiments.lightning_cli import OneThinkerCLI, recipe_name
+
+    assert recipe_name(
+        [EXPERIMENTS / "ema_grpo_qwen3vl_8b.yaml", EXPERIMENTS / "shared" / "rollout_vllm.yaml"]
+    ) == ("ema_grpo_qwen3vl_8b")
+    assert recipe_name([EXPERIMENTS / "shared" / "trainer_cpu.yaml"]) is None
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+    tiny = "--model.init_args.backbone.init_args.model_name_or_path=tiny"
+
+    def loggers(logger: str, recipe: Path) -> list:
+        configs = [EXPERIMENTS / "shared" / "trainer_cpu.yaml", EXPERIMENTS / "shared" / logger, recipe]
+        args = [a for c in configs for a in ("--config", str(c))] + [tiny]
+        cli = OneThinkerCLI(
+            datamodule_class=OneThinkerDataModule, subclass_mode_model=True, run=False, args=args
+        )
+        return cli.trainer.loggers
+
+    wandb, csv = loggers("logger_wandb.yaml", EXPERIMENTS / "demo" / "ema_grpo.yaml")
+    expected = "demo-ema_grpo"
+    assert (wandb._wandb_init["name"], wandb._wandb_init["group"], wandb._wandb_init["tags"]) == (
+        expected, expected, [expected],
+    )  # fmt: skip
+    assert csv.name == expected
+    wandb, csv = loggers("logger_demo.yaml", EXPERIMENTS / "demo" / "sft.yaml")  # names set: kept
+    assert (wandb._wandb_init["name"], wandb._wandb_init["group"], csv.name) == ("demo-sft", "demo", "csv")
