@@ -142,15 +142,7 @@ def build_fit_args(
         args += ["--config", str(c)]
     args += list(extra_args)
     loggers = run_loggers(run_dir, advantage, seed, group, wandb_args)
-    args += [
-        f"--model.init_args.advantage={advantage}",
-        f"--seed_everything={seed}",
-        f"--model.init_args.seed={seed}",
-        # Lightning refuses to log a module and a data module whose shared ``seed`` hparams differ
-        f"--data.seed={seed}",
-        f"--trainer.default_root_dir={run_dir}",
-        f"--trainer.logger={json.dumps(loggers)}",
-    ]
+    args += [f"--model.init_args.advantage={advantage}", *_run_placement(seed, run_dir, loggers)]
     moved = run_callbacks(callbacks, run_dir)
     if moved is not None and not any(a.startswith("--trainer.callbacks") for a in extra_args):
         args.append(f"--trainer.callbacks={json.dumps(moved)}")
@@ -165,19 +157,25 @@ def build_validate_args(
     args = ["validate"]
     for c in configs:
         args += ["--config", str(c)]
-    loggers = [
-        {"class_path": CSV_CLASS, "init_args": {"save_dir": str(run_dir), "name": "csv", "version": 0}}
-    ]
+    loggers = run_loggers(run_dir, START, seed, "", None)  # CSV only
     return [
         *args,
         *extra_args,
+        *_run_placement(seed, run_dir, loggers),
+        "--trainer.callbacks=[]",
+        "--trainer.limit_val_batches=1.0",
+    ]
+
+
+def _run_placement(seed: int, run_dir: str | Path, loggers: list[dict[str, Any]]) -> list[str]:
+    """The seeds, folder and loggers of one run, as the last overrides of its command line."""
+    return [
         f"--seed_everything={seed}",
         f"--model.init_args.seed={seed}",
+        # Lightning refuses to log a module and a data module whose shared ``seed`` hparams differ
         f"--data.seed={seed}",
         f"--trainer.default_root_dir={run_dir}",
         f"--trainer.logger={json.dumps(loggers)}",
-        "--trainer.callbacks=[]",
-        "--trainer.limit_val_batches=1.0",
     ]
 
 
