@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 
 from datamodules.media import MediaConfig, MediaError, VideoClip, load_image, load_video
+from datamodules.packing import IGNORE_INDEX, pack_batch
 from datamodules.prompts import build_prompt, split_content
 from datamodules.records import Record, SFTRecord
 from datamodules.tasks import task_key
 
 Mode = Literal["sft", "rl", "eval"]
 MODES: tuple[str, ...] = ("sft", "rl", "eval")
-IGNORE_INDEX = -100
 VIDEO_WRAPPER = "<|vision_start|><|video_pad|><|vision_end|>"
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
@@ -139,6 +139,20 @@ def build_example(
     return Example(record, messages, images, videos, position, sizes)
 
 
+def prompt_lengths(processor: Any, records: list[Record]) -> list[int]:
+    """Tokens of each record's chat prompt with one placeholder per medium: a lower bound of its
+    length once the media are expanded (text only, so it runs over a whole manifest at set-up)."""
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": user_parts(r)}], tokenize=False, add_generation_prompt=True
+        )
+        for r in records
+    ]
+    if not texts:
+        return []
+    return [len(ids) for ids in processor.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 def assistant_token_mask(input_ids: torch.Tensor, header_ids: list[int], end_id: int) -> torch.Tensor:
     """True on the tokens of every assistant turn: after its header, up to and including ``<|im_end|>``."""
     mask = torch.zeros_like(input_ids, dtype=torch.bool)
@@ -160,13 +174,23 @@ class Collator:
     """Turns `Example`s into one batch with the injected Qwen-VL processor.
 
     Rows of image, video and text only mix freely. Generation modes pad on the left (right padding
-    would misalign the image tokens with the prompt in batched generation).
+    would misalign the image tokens with the prompt in batched generation). With ``pack_tokens`` (SFT
+    only) the conversations are packed into rows of at most that many tokens (`datamodules.packing`);
+    a conversation longer than the budget is skipped and counted, like one over ``max_length``.
     """
 
-    def __init__(self, processor: Any, mode: Mode, max_length: int | None = None):
+    def __init__(
+        self, processor: Any, mode: Mode, max_length: int | None = None, pack_tokens: int | None = None
+    ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-        self.processor, self.mode, self.max_length = processor, mode, max_length
+        if pack_tokens is not None and mode != "sft":
+            raise ValueError(f"pack_tokens packs SFT conversations; the {mode!r} stage does not pack")
+        if pack_tokens is not None and pack_tokens < 1:
+            raise ValueError(f"pack_tokens must be positive, got {pack_tokens}")
+        self.processor, self.mode, self.pack_tokens = processor, mode, pack_tokens
+        limits = [n for n in (max_length, pack_tokens) if n is not None]
+        self.max_length = min(limits) if limits else None
         tok = processor.tokenizer
         self.header_ids = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
         self.end_id = tok.convert_tokens_to_ids("<|im_end|>")
@@ -229,6 +253,8 @@ class Collator:
             batch["labels"] = torch.where(
                 mask, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX)
             )
+            if self.pack_tokens is not None:
+                batch = pack_batch(batch, self.pack_tokens, self.processor.tokenizer.pad_token_id)
         batch["meta"] = [ex.meta() for ex in examples]
         if self.mode == "rl":  # for rollout engines with a processor of their own (vLLM)
             batch["row_media"] = [row_media(ex) for ex in examples]

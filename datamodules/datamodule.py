@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.collate import Collator, Example, Mode, Skipped, load_example
+from datamodules.collate import Collator, Example, Mode, Skipped, load_example, prompt_lengths
 from datamodules.media import MediaConfig, PixelBudget, processor_family, stage_media
 from datamodules.records import Record, detect_kind, load_records, record_key
 from datamodules.sampling import MixedTaskSampler, sampling_probabilities
@@ -79,6 +79,10 @@ class OneThinkerDataModule(L.LightningDataModule):
         max_frames: frames per video at most.
         on_bad_media: ``error`` raises `MediaError`; ``skip`` drops the row, counted per task.
         max_length: rows with more tokens are dropped and counted (SFT uses 16,384).
+        pack_tokens: SFT only: pack the conversations of each batch into rows of at most this many
+            tokens, without padding between them (``batch_size`` still counts conversations); a
+            conversation over the budget is dropped and counted. Checked at set-up against the
+            longest prompt text of the train records. ``None`` pads every row instead.
         max_skip_fraction: stop training with an error once more than this share of the train rows
             read so far was skipped (bad media, too long), summed over ranks; checked every
             ``skip_check_rows`` rows per rank, and at the end of a shorter run that skipped every row.
@@ -111,6 +115,7 @@ class OneThinkerDataModule(L.LightningDataModule):
         max_frames: int = 128,
         on_bad_media: Literal["error", "skip"] = "error",
         max_length: int | None = None,
+        pack_tokens: int | None = None,
         max_skip_fraction: float = 0.5,
         skip_check_rows: int = 64,
         synthetic_suite: str | None = None,
@@ -178,11 +183,34 @@ class OneThinkerDataModule(L.LightningDataModule):
             self.records["test"] = self._load(self.hparams.test_manifests, "eval")
         if stage == "fit":
             self.train_batch_size  # noqa: B018  (a global batch that does not split fails here, not at the first step)
+            if self.hparams.pack_tokens is not None:
+                self._check_pack_budget()
+
+    def _check_pack_budget(self) -> None:
+        """Fail at set-up when a train prompt's text alone (media not yet expanded) exceeds the budget."""
+        if self.mode != "sft":
+            raise ValueError(f"data.pack_tokens packs SFT conversations; mode is {self.mode!r}")
+        if self.processor is None:
+            return  # checked once connected (the CLI connects before fit)
+        budget = self.hparams.pack_tokens
+        records = self.records["train"]
+        lengths = prompt_lengths(self.processor, records)
+        if lengths:
+            longest = max(range(len(lengths)), key=lengths.__getitem__)
+            if lengths[longest] > budget:
+                r = records[longest]
+                raise ValueError(
+                    f"data.pack_tokens={budget} is smaller than the longest prompt: {r.source} record "
+                    f"#{r.index} (problem_id={r.problem_id}) has {lengths[longest]} prompt tokens before "
+                    "its media are expanded; raise pack_tokens"
+                )
 
     def _collator(self, mode: Mode) -> Collator:
         if self.processor is None:
             raise RuntimeError("OneThinkerDataModule needs a processor: call connect(processor) first")
-        return Collator(self.processor, mode, self.hparams.max_length)
+        return Collator(
+            self.processor, mode, self.hparams.max_length, self.hparams.pack_tokens if mode == "sft" else None
+        )
 
     def exclude_test(self, keys: set[tuple[str, int]]) -> int:
         """Leave out of ``test``/``predict`` the records whose (manifest stem, problem_id) is in ``keys``

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from datamodules.packing import sample_spans, segment_positions, unpack_rows
 from lightning_modules.processing import build_processor, vision_token_ids
 
 log = logging.getLogger(__name__)
@@ -271,8 +272,17 @@ class VisionLanguageBackbone(nn.Module):
         return {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Last hidden states [B, T, H] of the language model (no logits over the vocabulary)."""
-        return self.hf_model.model(**self.model_inputs(batch), use_cache=False).last_hidden_state
+        """Last hidden states [B, T, H] of the language model (no logits over the vocabulary).
+
+        A packed batch (``pack_lengths``, `datamodules.packing`) runs without an attention mask and
+        with each sample's own positions: transformers then keeps attention inside each sample
+        (flash-attention varlen, or sdpa/eager with a block-diagonal causal mask).
+        """
+        inputs = self.model_inputs(batch)
+        if batch.get("pack_lengths") is not None:
+            inputs.pop("attention_mask", None)
+            inputs["position_ids"] = packed_position_ids(self.hf_model.model, batch)
+        return self.hf_model.model(**inputs, use_cache=False).last_hidden_state
 
     def token_logprobs(
         self,
@@ -362,6 +372,28 @@ class VisionLanguageBackbone(nn.Module):
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(str(out))
         self.processor.save_pretrained(str(out))
+
+
+def packed_position_ids(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """[4, R, L] positions of a packed batch: row 0 counts tokens inside each sample (what marks the
+    sample boundaries for attention); rows 1-3 are each sample's multimodal rotary positions, computed
+    by the model's own ``get_rope_index`` on the samples unpacked, as if each were alone."""
+    ids, real = unpack_rows(batch, "input_ids")
+    if batch.get("mm_token_type_ids") is not None:
+        types, _ = unpack_rows(batch, "mm_token_type_ids")
+    else:
+        types = torch.zeros_like(ids)
+    grids = {
+        k: batch[k]
+        for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+        if batch.get(k) is not None
+    }
+    rope, _ = model.get_rope_index(ids, mm_token_type_ids=types, attention_mask=real, **grids)
+    packed = batch["input_ids"]
+    mrope = torch.zeros((3, *packed.shape), dtype=rope.dtype, device=packed.device)
+    for s, (r, start, end) in enumerate(sample_spans(batch)):
+        mrope[:, r, start:end] = rope[:, s, : end - start]
+    return torch.cat([segment_positions(batch).unsqueeze(0).to(rope.dtype), mrope])
 
 
 def is_sharded(module: nn.Module) -> bool:

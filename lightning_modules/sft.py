@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
+from datamodules.packing import sample_spans
 from datamodules.tasks import task_key
 from lightning_modules.backbone import (
     VisionLanguageBackbone,
@@ -27,15 +28,16 @@ def _adamw(params: Any) -> torch.optim.Optimizer:
 
 
 def per_task_sums(
-    nll: torch.Tensor, mask: torch.Tensor, meta: list[dict[str, Any]]
+    nll: torch.Tensor, mask: torch.Tensor, meta: list[dict[str, Any]], spans: list[tuple[int, int, int]]
 ) -> dict[str, tuple[torch.Tensor, int]]:
-    """Summed token NLL and token count per ``problem_type/data_type`` of the rows."""
-    row_sum, row_count = (nll * mask).sum(dim=1), mask.sum(dim=1)
+    """Summed token NLL and token count per ``problem_type/data_type`` of the samples, each sample
+    at its (row, start, end) span (`datamodules.packing.sample_spans`)."""
     out: dict[str, list] = defaultdict(lambda: [0.0, 0])
-    for i, m in enumerate(meta):
+    for m, (row, start, end) in zip(meta, spans, strict=True):
         key = task_key(m["problem_type"], m["data_type"], "task_modality")
-        out[key][0] = out[key][0] + row_sum[i]
-        out[key][1] += int(row_count[i])
+        weights = mask[row, start:end]
+        out[key][0] = out[key][0] + (nll[row, start:end] * weights).sum()
+        out[key][1] += int(weights.sum())
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
@@ -74,7 +76,8 @@ class SFTModule(L.LightningModule):
         mask = (batch["labels"] != -100).float()
         nll = -self.backbone.token_logprobs(batch, mask.bool())
         tokens = int(mask.sum())
-        return (nll * mask).sum() / max(tokens, 1), per_task_sums(nll.detach(), mask, batch["meta"]), tokens
+        tasks = per_task_sums(nll.detach(), mask, batch["meta"], sample_spans(batch))
+        return (nll * mask).sum() / max(tokens, 1), tasks, tokens
 
     def _log_step(self, split: str, loss: torch.Tensor, tasks: dict, size: int) -> None:
         on_step = split == "train"
