@@ -53,6 +53,7 @@ def global_batches(
     rank: int,
     world: int,
     skip: tuple[int, int, int] | None = None,
+    pack_tokens: int | None = None,
 ) -> list[dict]:
     """``steps`` batches; step s holds records s*rows .. (s+1)*rows - 1, this rank its contiguous share.
 
@@ -71,7 +72,8 @@ def global_batches(
                 continue
             indices = [i for i in indices if i not in gone]
         chosen = [records[(step * rows + i) % len(records)] for i in indices]
-        out.append(Collator(backbone.processor, "sft")([build_example(r, "sft", media) for r in chosen]))
+        collate = Collator(backbone.processor, "sft", pack_tokens=pack_tokens)
+        out.append(collate([build_example(r, "sft", media) for r in chosen]))
     return out
 
 
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument(
         "--val-skip-rank", type=int, default=None, help="validate; this rank's rows all skipped"
     )
+    parser.add_argument("--pack-tokens", type=int, default=None, help="pack each rank's rows (SFT packing)")
     parser.add_argument("--train-vision", action="store_true", help="train the vision tower and projector")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -137,7 +140,9 @@ def main() -> None:
         ),
     )
     skip = tuple(args.skip) if args.skip else None
-    batches = global_batches(args.manifest, backbone, args.steps, args.rows_per_step, rank, world, skip)
+    batches = global_batches(
+        args.manifest, backbone, args.steps, args.rows_per_step, rank, world, skip, args.pack_tokens
+    )
     done = torch.load(Path(args.resume) / "meta.pt", weights_only=False)["global_step"] if args.resume else 0
     # The list of batches is not a resumable loader: Lightning restarts it, so it starts where the run stopped.
     loader = torch.utils.data.DataLoader(batches[done:], batch_size=None, collate_fn=lambda b: b)
@@ -184,6 +189,7 @@ def main() -> None:
         mesh = module.device_mesh
         run = {
             "losses": recorder.losses,
+            "packed_rows": [len(b["pack_lengths"]) for b in batches if "pack_lengths" in b],
             "world_size": trainer.world_size,
             "mesh": None if mesh is None else list(mesh.shape),
             "sharded": is_sharded(module.backbone),

@@ -189,6 +189,15 @@ def test_fsdp_two_processes_equal_one_process(manifest: Path, reference, tmp_pat
 
 
 @pytest.mark.slow
+def test_packed_fsdp_two_processes_equal_one_padded_process(manifest: Path, reference, tmp_path: Path):
+    """Each rank packs its rows into one row (no padding between them): the losses and final
+    log-probs of one process on the padded global batch, so packing keeps the global token mean."""
+    got = run_worker(tmp_path, manifest, 2, ["--replicate", "1", "--shard", "2", "--pack-tokens", "4096"])
+    assert got["packed_rows"] == [1, 1, 1]
+    assert_same_run(got, reference("qwen3_vl"))
+
+
+@pytest.mark.slow
 def test_bf16_compute_stays_close_to_float32(manifest: Path, reference, tmp_path: Path):
     """The default policy (bf16 parameters in compute, fp32 gradient reduction) really computes in
     bf16: close to the float32 run (measured: losses within 4e-4, log-probabilities within 6e-3)
