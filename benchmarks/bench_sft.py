@@ -18,8 +18,16 @@ the same objective.
 (gradient checkpointing, fused AdamW with bf16 states), each in a fresh process, and reports tokens/s,
 peak GPU memory and MFU of each side and their ratio.
 
+``--pack-tokens N`` collates each batch's conversations packed into rows of at most N tokens
+(`datamodules.collate.Collator(..., pack_tokens=N)`); only ours runs packed batches (the peer has no
+per-sample attention here), so it goes with ``--sides ours``. ``--liger`` takes Liger-Kernel's fused
+linear cross-entropy: ours through the backbone's ``fused_loss="liger"`` (without it, ours is pinned to
+``fused_loss="torch"`` where the backbone has that argument), the peer through ``use_liger_kernel``.
+Each run of ours reports how many times Liger's kernel was called, so a missing wiring shows as 0.
+
     python benchmarks/bench_sft.py --steps 8 --batch-size 4 --repeats 3
     python benchmarks/bench_sft.py --gpu-8b --steps 12 --batch-size 4   # CUDA: 8B-shaped Qwen3-VL, ours vs peer
+    python benchmarks/bench_sft.py --gpu-8b --batch-size 32 --pack-tokens 16384 --liger --sides ours
 """
 
 from __future__ import annotations
@@ -112,6 +120,43 @@ def rss_mib() -> float:
     return mib(psutil.Process().memory_info().rss)
 
 
+def backbone_loss_kwargs(liger: bool) -> dict[str, str]:
+    """``fused_loss`` for `VisionLanguageBackbone`: ``liger`` with ``--liger``, else ``torch`` (so a run
+    without ``--liger`` is today's path even where ``auto`` would pick Liger); empty, with a warning for
+    ``--liger``, while the backbone has no such argument."""
+    import inspect
+
+    from lightning_modules.backbone import VisionLanguageBackbone
+
+    if "fused_loss" in inspect.signature(VisionLanguageBackbone.__init__).parameters:
+        return {"fused_loss": "liger" if liger else "torch"}
+    if liger:
+        print(
+            "--liger: VisionLanguageBackbone has no fused_loss argument yet; ours runs the torch path",
+            file=sys.stderr,
+        )
+    return {}
+
+
+def count_liger_calls() -> Any:
+    """Counts calls of Liger's fused linear cross-entropy in this process (through
+    `lightning_modules.liger_logprobs`, which looks the function up at each call). Returns a reader of
+    the count; without liger-kernel the count stays 0."""
+    calls = [0]
+    try:
+        import liger_kernel.transformers.functional as functional
+    except Exception:
+        return lambda: calls[0]
+    original = functional.liger_fused_linear_cross_entropy
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    functional.liger_fused_linear_cross_entropy = counted
+    return lambda: calls[0]
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -122,8 +167,11 @@ def interleave(a: list, b: list) -> list:
     return out
 
 
-def build_batches(n_batches: int, batch_size: int, seed: int, work: Path) -> tuple[list[dict[str, Any]], str]:
-    """``n_batches`` SFT batches of ``batch_size`` rows, image and video rows alternating."""
+def build_batches(
+    n_batches: int, batch_size: int, seed: int, work: Path, pack_tokens: int | None = None
+) -> tuple[list[dict[str, Any]], str]:
+    """``n_batches`` SFT batches of ``batch_size`` rows, image and video rows alternating; with
+    ``pack_tokens`` each batch's conversations are packed into rows of at most that many tokens."""
     from datamodules.collate import Collator, build_example
     from datamodules.media import stage_media
     from datamodules.records import load_records
@@ -139,7 +187,7 @@ def build_batches(n_batches: int, batch_size: int, seed: int, work: Path) -> tup
         [r for r in records if r.data_type == "image"], [r for r in records if r.data_type == "video"]
     )[:rows]
     media = stage_media("sft", "qwen3_vl")
-    collate = Collator(build_processor("qwen3_vl"), "sft")
+    collate = Collator(build_processor("qwen3_vl"), "sft", pack_tokens=pack_tokens)
     batches = [
         collate([build_example(r, "sft", media) for r in records[i : i + batch_size]])
         for i in range(0, rows, batch_size)
@@ -147,7 +195,8 @@ def build_batches(n_batches: int, batch_size: int, seed: int, work: Path) -> tup
     n_image = sum(r.data_type == "image" for r in records)
     return (
         batches,
-        f"{rows} SFT rows ({n_image} image, {rows - n_image} video), per_task={per_task}, seed={seed}",
+        f"{rows} SFT rows ({n_image} image, {rows - n_image} video), per_task={per_task}, seed={seed}"
+        + (f", packed into rows of at most {pack_tokens} tokens" if pack_tokens else ""),
     )
 
 
@@ -155,10 +204,19 @@ def describe_batches(batches: list[dict[str, Any]]) -> str:
     tokens = [int(b["attention_mask"].sum()) for b in batches]
     labels = [int((b["labels"] != -100).sum()) for b in batches]
     width = [b["input_ids"].shape[1] for b in batches]
+    rows = [b["input_ids"].shape[0] for b in batches]
+    positions = sum(b["input_ids"].numel() for b in batches)
+    packed = ""
+    if batches[0].get("pack_lengths") is not None:
+        samples = [sum(len(r) for r in b["pack_lengths"]) for b in batches]
+        packed = f", packed: {min(samples)}-{max(samples)} samples/batch"
+    skipped = sum(sum(b.get("skipped", {}).values()) for b in batches)
     return (
-        f"{len(batches)} batches x {batches[0]['input_ids'].shape[0]} rows; tokens/batch {min(tokens)}-{max(tokens)} "
-        f"(mean {sum(tokens) / len(tokens):.0f}), padded width {min(width)}-{max(width)}, "
+        f"{len(batches)} batches x {min(rows)}-{max(rows)} rows{packed}; tokens/batch {min(tokens)}-{max(tokens)} "
+        f"(mean {sum(tokens) / len(tokens):.0f}), row width {min(width)}-{max(width)}, "
+        f"padding {1 - sum(tokens) / positions:.0%} of positions, "
         f"label tokens/batch {min(labels)}-{max(labels)}"
+        + (f", {skipped} samples skipped" if skipped else "")
     )
 
 
@@ -190,14 +248,16 @@ def summarise(
     }
 
 
-def run_ours(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int) -> dict:
+def run_ours(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, liger: bool = False) -> dict:
     import lightning as L
     from torch.utils.data import DataLoader
 
     from lightning_modules.backbone import VisionLanguageBackbone
     from lightning_modules.sft import SFTModule
 
-    module = SFTModule(VisionLanguageBackbone("tiny", seed=seed))  # default optimizer: AdamW lr 1e-5, wd 0
+    liger_calls = count_liger_calls() if liger else (lambda: 0)
+    # default optimizer: AdamW lr 1e-5, wd 0
+    module = SFTModule(VisionLanguageBackbone("tiny", seed=seed, **backbone_loss_kwargs(liger)))
     loader = DataLoader(step_order(batches, steps), batch_size=1, shuffle=False, collate_fn=first)
     clock = lightning_clock()
     trainer = L.Trainer(
@@ -212,7 +272,10 @@ def run_ours(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int) 
     )
     rss_before = rss_mib()
     trainer.fit(module, loader)
-    return summarise("ours", clock.ends, clock.tokens, clock.losses, warmup, rss_before)
+    return {
+        **summarise("ours", clock.ends, clock.tokens, clock.losses, warmup, rss_before),
+        "liger_calls": liger_calls(),
+    }
 
 
 def listed(items: list[dict[str, Any]]) -> Any:
@@ -244,7 +307,9 @@ def loss_recording_trainer() -> Any:
     return LossTrainer
 
 
-def run_peer(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, work: Path) -> dict:
+def run_peer(
+    batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, work: Path, liger: bool = False
+) -> dict:
     from transformers import TrainerCallback, TrainingArguments
 
     from lightning_modules.backbone import VisionLanguageBackbone
@@ -276,6 +341,7 @@ def run_peer(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, 
         dataloader_num_workers=0,
         report_to=[],
         use_cpu=True,
+        use_liger_kernel=liger,
         save_strategy="no",
         logging_strategy="no",
         disable_tqdm=True,
@@ -299,10 +365,10 @@ def run_side(args: argparse.Namespace) -> None:
         return
     batches = torch.load(args.data, weights_only=False)
     if args.side == "ours":
-        result = run_ours(batches, args.steps, args.warmup, args.seed)
+        result = run_ours(batches, args.steps, args.warmup, args.seed, args.liger)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = run_peer(batches, args.steps, args.warmup, args.seed, Path(tmp))
+            result = run_peer(batches, args.steps, args.warmup, args.seed, Path(tmp), args.liger)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -311,6 +377,8 @@ def spawn(side: str, data: Path, args: argparse.Namespace) -> dict:
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--seed", str(args.seed)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.liger:
+        cmd += ["--liger"]
     if args.gpu_8b:
         cmd += ["--gpu-8b", "--profile-step", str(args.profile_step)] + (
             ["--gpu-smoke"] if args.gpu_smoke else []
@@ -425,14 +493,55 @@ def load_or_build_batches(args: argparse.Namespace, work: Path) -> tuple[list[di
     """The pre-collated batches: from ``--batches-file`` if it exists, else collated now (and saved there)."""
     if args.batches_file is not None and args.batches_file.is_file():
         saved = torch.load(args.batches_file, weights_only=False)
-        return [unpack_pixels(b) for b in saved["batches"]], saved[
-            "what"
-        ] + f" (loaded from {args.batches_file.name})"
-    batches, what = build_batches(args.batches, args.batch_size, args.seed, work)
+        batches = [unpack_pixels(b) for b in saved["batches"]]
+        what = saved["what"] + f" (loaded from {args.batches_file.name})"
+        packed = saved.get("pack_tokens")
+        if packed == args.pack_tokens:
+            return batches, what
+        if packed is None:  # padded batches packed here: one carried file serves both layouts
+            return [pack_padded(b, args.pack_tokens) for b in batches], what + (
+                f", packed on load into rows of at most {args.pack_tokens} tokens"
+            )
+        raise SystemExit(
+            f"{args.batches_file} was collated with pack_tokens={packed}, not --pack-tokens "
+            f"{args.pack_tokens}: pass the matching flag, or a file of padded batches"
+        )
+    batches, what = build_batches(args.batches, args.batch_size, args.seed, work, args.pack_tokens)
     if args.batches_file is not None:
         args.batches_file.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"batches": [pack_pixels(b) for b in batches], "what": what}, args.batches_file)
+        torch.save(
+            {"batches": [pack_pixels(b) for b in batches], "what": what, "pack_tokens": args.pack_tokens},
+            args.batches_file,
+        )
     return batches, what
+
+
+def pack_padded(batch: dict[str, Any], budget: int) -> dict[str, Any]:
+    """A padded SFT batch packed into rows of at most ``budget`` tokens: `datamodules.packing.pack_batch`,
+    the step `Collator(..., pack_tokens=budget)` applies to its padded output (every sample must fit)."""
+    from datamodules.packing import pack_batch
+
+    pads = batch["input_ids"][batch["attention_mask"] == 0]
+    return pack_batch(batch, budget, int(pads[0]) if pads.numel() else 0)
+
+
+def side_order(args: argparse.Namespace, repeat: int) -> list[str]:
+    """``--sides`` in the given order on even repeats, reversed on odd ones (drifting load hits both alike)."""
+    return args.sides if repeat % 2 == 0 else args.sides[::-1]
+
+
+def write_json(
+    path: Path | None, args: argparse.Namespace, what: str, runs: dict[str, list[dict]], **extra: Any
+) -> None:
+    """``--json-out``: the settings, every run and the median run per side (read by gpu_check_throughput)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    medians = {side: median_run(r) for side, r in runs.items() if r}
+    path.write_text(
+        json.dumps({"args": settings, "data": what, "runs": runs, "median": medians, **extra}, indent=1)
+    )
 
 
 def run_gpu_8b(args: argparse.Namespace) -> None:
@@ -446,29 +555,34 @@ def run_gpu_8b(args: argparse.Namespace) -> None:
         data = Path(tmp) / "batches.pt"
         torch.save(batches, data)
         print(f"data: {what}\n  {describe_batches(batches)}", flush=True)
-        runs: dict[str, list[dict]] = {"ours": [], "peer": []}
+        runs: dict[str, list[dict]] = {side: [] for side in args.sides}
         for i in range(args.repeats):
-            for side in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
+            for side in side_order(args, i):
                 r = spawn(side, data, args)
                 runs[side].append(r)
                 print(
                     f"[{side}] {r['tokens_per_s']:.0f} tokens/s, {r['s_per_step']:.3f} s/step, peak "
                     f"{r['peak_gpu_gib']:.1f} GiB allocated ({r['peak_reserved_gib']:.1f} reserved), first loss "
                     f"{r['first_loss']:.5f}; process {r['process_seconds']:.0f} s (model built in {r['build_s']:.0f} s, "
-                    f"fit {r['fit_s']:.0f} s); step seconds "
+                    f"fit {r['fit_s']:.0f} s); loss path {r['fused_loss']}"
+                    + (f", Liger calls {r['liger_calls']}" if "liger_calls" in r else "")
+                    + "; step seconds "
                     + ", ".join(f"{x:.2f}" for x in r["step_seconds"]),
                     flush=True,
                 )
                 print_profile(side, r.get("profile"))
-    ours, peer = (median_run(runs[side]) for side in ("ours", "peer"))
-    peak, source = peak_tflops(ours["device"], args.peak_tflops)
+    medians = [median_run(runs[side]) for side in args.sides]
+    first = medians[0]
+    peak, source = peak_tflops(first["device"], args.peak_tflops)
+    mfu = {r["side"]: 6 * r["n_flops"] * r["tokens_per_s"] / 1e12 / peak if peak else None for r in medians}
+    write_json(args.json_out, args, what, runs, mfu=mfu, peak_tflops=peak, peak_source=source)
     print(
-        f"\nmodel: {ours['model']}, random bf16 weights, {ours['attn']}, gradient checkpointing (non-reentrant), "
-        f"fused AdamW (bf16 states), lr 1e-5, wd 0, cosine; {ours['params'] / 1e9:.2f}B params, "
-        f"{ours['trainable'] / 1e9:.2f}B trainable (vision tower + projector frozen)"
+        f"\nmodel: {first['model']}, random bf16 weights, {first['attn']}, gradient checkpointing (non-reentrant), "
+        f"fused AdamW (bf16 states), lr 1e-5, wd 0, cosine; {first['params'] / 1e9:.2f}B params, "
+        f"{first['trainable'] / 1e9:.2f}B trainable (vision tower + projector frozen)"
     )
     print(
-        f"GPU: {ours['device']}, torch {ours['torch']}, transformers {ours['transformers']}, "
+        f"GPU: {first['device']}, torch {first['torch']}, transformers {first['transformers']}, "
         f"{args.steps} steps per side ({args.warmup} warm-up"
         + (f", step {args.profile_step} profiled and left out" if args.profile_step >= 0 else "")
         + f"), median of {args.repeats}"
@@ -476,21 +590,28 @@ def run_gpu_8b(args: argparse.Namespace) -> None:
     print(
         f"  {'side':<5} {'tokens/s':>10} {'s/step':>8} {'TFLOP/s':>9} {'MFU':>7} {'peak alloc':>11} {'peak reserved':>14} {'loss step 1':>12}"
     )
-    for r in (ours, peer):
+    for r in medians:
         achieved = 6 * r["n_flops"] * r["tokens_per_s"] / 1e12
-        mfu = f"{achieved / peak:.1%}" if peak else "n/a"
+        shown = f"{achieved / peak:.1%}" if peak else "n/a"
         print(
-            f"  {r['side']:<5} {r['tokens_per_s']:>10.0f} {r['s_per_step']:>8.3f} {achieved:>9.1f} {mfu:>7} "
+            f"  {r['side']:<5} {r['tokens_per_s']:>10.0f} {r['s_per_step']:>8.3f} {achieved:>9.1f} {shown:>7} "
             f"{r['peak_gpu_gib']:>8.1f}GiB {r['peak_reserved_gib']:>11.1f}GiB {r['first_loss']:>12.5f}"
         )
-    ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
+    if len(medians) == 2:
+        ours, peer = (median_run(runs[side]) for side in ("ours", "peer"))
+        ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
+        print(
+            f"  ours/peer: tokens/s {ratio:.2f}x; peak allocated {ours['peak_gpu_gib'] / max(peer['peak_gpu_gib'], 1e-9):.2f}x; "
+            f"first-step loss |ours - peer| = {abs(ours['first_loss'] - peer['first_loss']):.2e}"
+        )
+    if args.liger and "ours" in runs and not median_run(runs["ours"]).get("liger_calls"):
+        print(
+            "  NOTE: --liger, but ours never called Liger's kernel (backbone wiring missing or its condition unmet)"
+        )
     print(
-        f"  ours/peer: tokens/s {ratio:.2f}x; peak allocated {ours['peak_gpu_gib'] / max(peer['peak_gpu_gib'], 1e-9):.2f}x; "
-        f"first-step loss |ours - peer| = {abs(ours['first_loss'] - peer['first_loss']):.2e}"
-    )
-    print(
-        f"  MFU = 6 * N * tokens/s / peak, N = {ours['n_flops'] / 1e9:.2f}B (language model without input embeddings, "
-        f"+ lm_head); peak = {peak} TFLOP/s ({source})"
+        f"  MFU = 6 * N * tokens/s / peak, N = {first['n_flops'] / 1e9:.2f}B (language model without input embeddings, "
+        f"+ lm_head); tokens = attention_mask tokens (padding and pack tails not counted); "
+        f"peak = {peak} TFLOP/s ({source})"
     )
 
 
@@ -640,6 +761,7 @@ def train_config(
     seed: int,
     device: str,
     profile_step: int = -1,
+    liger: bool = False,
 ) -> dict:
     """Fit `SFTModule` around a randomly initialised bf16 model of ``config`` on ``device`` (``cuda`` or ``cpu``)."""
     import functools
@@ -651,10 +773,11 @@ def train_config(
     from lightning_modules.sft import SFTModule
 
     cuda = device == "cuda"
+    liger_calls = count_liger_calls()
     model, info = build_gpu_model(config, seed, device)
-    backbone = VisionLanguageBackbone(
-        "tiny", seed=seed
-    )  # for its processor-side settings; its tiny model is swapped out
+    loss_kwargs = backbone_loss_kwargs(liger)
+    # for its processor-side settings; its tiny model is swapped out
+    backbone = VisionLanguageBackbone("tiny", seed=seed, **loss_kwargs)
     backbone.model = model
     backbone.set_trainable(vision_tower=False, projector=False)
 
@@ -693,6 +816,8 @@ def train_config(
         **gpu_result("ours", info, clock.ends, clock.tokens, clock.losses, warmup, cuda, profile_step),
         "fit_s": fit_s,
         "profile": profiler.report,
+        "fused_loss": loss_kwargs.get("fused_loss", "torch (no fused_loss argument)"),
+        "liger_calls": liger_calls(),
     }
 
 
@@ -705,6 +830,7 @@ def train_config_peer(
     device: str,
     work: Path,
     profile_step: int = -1,
+    liger: bool = False,
 ) -> dict:
     """``transformers.Trainer`` on the same model (same seed, frozen parts, checkpointing) and batches:
     the model's own forward with ``labels``, fused AdamW with bf16 states, lr 1e-5, wd 0, cosine."""
@@ -746,6 +872,7 @@ def train_config_peer(
         dataloader_num_workers=0,
         report_to=[],
         use_cpu=not cuda,
+        use_liger_kernel=liger,
         bf16=False,  # the weights are bf16 already (as Lightning's bf16-true): no autocast on either side
         save_strategy="no",
         logging_strategy="no",
@@ -766,6 +893,7 @@ def train_config_peer(
         **gpu_result("peer", info, clock.ends, tokens, trainer.losses, warmup, cuda, profile_step),
         "fit_s": fit_s,
         "profile": profiler.report,
+        "fused_loss": "liger (use_liger_kernel)" if liger else "transformers (full logits)",
     }
 
 
@@ -773,11 +901,21 @@ def run_gpu_side(args: argparse.Namespace) -> dict:
     batches = torch.load(args.data, weights_only=False)
     config, name, device = gpu_config(args)
     if args.side == "ours":
-        result = train_config(config, batches, args.steps, args.warmup, args.seed, device, args.profile_step)
+        result = train_config(
+            config, batches, args.steps, args.warmup, args.seed, device, args.profile_step, args.liger
+        )
     else:
         with tempfile.TemporaryDirectory() as tmp:
             result = train_config_peer(
-                config, batches, args.steps, args.warmup, args.seed, device, Path(tmp), args.profile_step
+                config,
+                batches,
+                args.steps,
+                args.warmup,
+                args.seed,
+                device,
+                Path(tmp),
+                args.profile_step,
+                args.liger,
             )
     return {**result, "model": name}
 
@@ -822,13 +960,56 @@ def main() -> None:
         default=None,
         help="peak dense bf16 TFLOP/s for MFU (default: by GPU name)",
     )
+    ap.add_argument(
+        "--pack-tokens",
+        type=int,
+        default=None,
+        help="collate each batch's conversations packed into rows of at most this many tokens (ours only)",
+    )
+    ap.add_argument(
+        "--liger",
+        action="store_true",
+        help="Liger-Kernel's fused linear cross-entropy: ours via fused_loss='liger', the peer via use_liger_kernel",
+    )
+    ap.add_argument(
+        "--sides",
+        default="ours,peer",
+        help="comma-separated sides to run, in this order (default: ours,peer)",
+    )
+    ap.add_argument(
+        "--collate-only",
+        action="store_true",
+        help="collate the batches into --batches-file and stop (on a CPU box, for a GPU machine without av/decord)",
+    )
+    ap.add_argument(
+        "--json-out", type=Path, default=None, help="write the settings, runs and medians here (JSON)"
+    )
     ap.add_argument("--side", choices=("ours", "peer"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.steps <= args.warmup:
         ap.error("--steps must exceed --warmup")
+    args.sides = [s for s in args.sides.split(",") if s]
+    if (
+        not args.sides
+        or any(s not in ("ours", "peer") for s in args.sides)
+        or len(set(args.sides)) < len(args.sides)
+    ):
+        ap.error("--sides takes ours and/or peer, each once, e.g. ours,peer")
+    if args.pack_tokens is not None and "peer" in args.sides and not args.collate_only:
+        ap.error(
+            "--pack-tokens: the peer (transformers Trainer) has no per-sample attention here; pass --sides ours"
+        )
     if args.side:
         run_side(args)
+        return
+    if args.collate_only:
+        if args.batches_file is None:
+            ap.error("--collate-only needs --batches-file")
+        with tempfile.TemporaryDirectory() as tmp:
+            batches, what = load_or_build_batches(args, Path(tmp))
+        print(f"data: {what} -> {args.batches_file} ({mib(args.batches_file.stat().st_size):.1f} MiB)")
+        print(f"  {describe_batches(batches)}")
         return
     if args.gpu_8b:
         run_gpu_8b(args)
@@ -836,7 +1017,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        batches, what = build_batches(args.batches, args.batch_size, args.seed, Path(tmp))
+        batches, what = load_or_build_batches(args, Path(tmp))
         data = Path(tmp) / "batches.pt"
         torch.save(batches, data)
         print(f"data: {what}, collated once in {time.perf_counter() - t:.1f}s")
@@ -845,23 +1026,31 @@ def main() -> None:
             f"  {args.steps} steps per side ({args.warmup} warm-up), each side in a fresh process, torch threads: "
             f"{args.threads or torch.get_num_threads()}, cpus: {os.cpu_count()}"
         )
-        runs: dict[str, list[dict]] = {"ours": [], "peer": []}
+        runs: dict[str, list[dict]] = {side: [] for side in args.sides}
         for r in range(args.repeats):  # alternate the order, so drifting load on a shared box hits both alike
-            for side in ("ours", "peer") if r % 2 == 0 else ("peer", "ours"):
+            for side in side_order(args, r):
                 runs[side].append(spawn(side, data, args))
 
-    ours, peer = (median_run(runs[side]) for side in ("ours", "peer"))
+    write_json(args.json_out, args, what, runs)
+    medians = [median_run(runs[side]) for side in args.sides]
     if args.repeats > 1:
-        for side in ("ours", "peer"):
+        for side in args.sides:
             print(f"{side} tokens/s per run: " + ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs[side]))
     print(
         f"\n{'side':<6} {'tokens/s':>9} {'s/step':>7} {'peak RSS':>10} {'RSS before fit':>15} {'fit growth':>11} {'loss step 1':>12}"
     )
-    for r in (ours, peer):
+    for r in medians:
         print(
             f"{r['side']:<6} {r['tokens_per_s']:>9.0f} {r['s_per_step']:>7.3f} {r['peak_rss_mib']:>7.0f}MiB "
             f"{r['rss_before_mib']:>12.0f}MiB {r['peak_rss_mib'] - r['rss_before_mib']:>8.0f}MiB {r['first_loss']:>12.5f}"
         )
+    if args.liger and "ours" in runs and not median_run(runs["ours"]).get("liger_calls"):
+        print(
+            "NOTE: --liger, but ours never called Liger's kernel (backbone wiring missing, or no CUDA/liger-kernel)"
+        )
+    if len(medians) < 2:
+        return
+    ours, peer = (median_run(runs[side]) for side in ("ours", "peer"))
     ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
     growth = (ours["peak_rss_mib"] - ours["rss_before_mib"]) / max(
         peer["peak_rss_mib"] - peer["rss_before_mib"], 1e-9
