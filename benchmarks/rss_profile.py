@@ -32,10 +32,12 @@ high-water mark at ``exec``, because CPython spawns through ``vfork``. So the ``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 MIB = 2**20
@@ -82,10 +84,10 @@ class PhaseStats:
 
 
 class RSSMonitor:
-    """Samples RSS in a thread and attributes each sample to the innermost open phase.
+    """Per-phase exact peak RSS (``VmHWM`` read and reset at each boundary) and 5 ms samples.
 
     Phases nest: ``with monitor.phase("x"):`` (or `wrap`) opens ``x`` inside the current phase, and
-    time, samples and high-water-mark growth count to the innermost phase only.
+    time, samples and peaks count to the innermost open phase only.
     """
 
     def __init__(self, interval: float = 0.005, first_phase: str = "start-up") -> None:
@@ -133,9 +135,10 @@ class RSSMonitor:
             self._account(status)
             name = self._stack.pop()
             self.stats[name].exit_probe = probe
+            peak = self.stats[name].exact_peak
         if self.live:  # one line per phase exit, so that a run cut short still leaves its numbers
             print(
-                f"[rss] {name}: peak {status['VmHWM'] / MIB:,.0f} MiB, at exit {status['VmRSS'] / MIB:,.0f} MiB "
+                f"[rss] {name}: peak {peak / MIB:,.0f} MiB, at exit {status['VmRSS'] / MIB:,.0f} MiB "
                 f"{probe or ''}",
                 file=sys.stderr,
                 flush=True,
@@ -146,17 +149,13 @@ class RSSMonitor:
         self._switch_out()
         self._switch_in(name)
 
-    def phase(self, name: str) -> Any:
-        monitor = self
-
-        class _Phase:
-            def __enter__(self) -> None:
-                monitor._switch_in(name)
-
-            def __exit__(self, *exc: Any) -> None:
-                monitor._switch_out()
-
-        return _Phase()
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._switch_in(name)
+        try:
+            yield
+        finally:
+            self._switch_out()
 
     def wrap(self, fn: Any, name: Any) -> Any:
         """``fn`` run inside phase ``name`` (a string, or a callable returning the name at each call)."""
@@ -226,7 +225,7 @@ class RSSMonitor:
 # --------------------------------------------------------------------------- the marks
 
 
-def step_label(monitor: RSSMonitor, updates: int, global_step: Any) -> Any:
+def step_label(updates: int, global_step: Any) -> Any:
     """Phase names per RL step: ``step 1: x`` for the first, ``steps 2+: x`` for the rest."""
 
     def label(what: str) -> Any:
@@ -248,7 +247,7 @@ def mark_ours(monitor: RSSMonitor, args: Any) -> None:
     from lightning_modules.grpo import GRPOModule
 
     state: dict[str, Any] = {"trainer": None}
-    label = step_label(monitor, args.updates, lambda: state["trainer"].global_step)
+    label = step_label(args.updates, lambda: state["trainer"].global_step)
 
     monitor.patch(GRPOModule, "__init__", "GRPOModule()")
     monitor.patch(L.Trainer, "__init__", "Trainer()")
@@ -285,7 +284,7 @@ def mark_trl(monitor: RSSMonitor, args: Any) -> None:
     from trl import GRPOTrainer
 
     state: dict[str, Any] = {"trainer": None}
-    label = step_label(monitor, args.updates, lambda: state["trainer"].state.global_step)
+    label = step_label(args.updates, lambda: state["trainer"].state.global_step)
 
     init = GRPOTrainer.__init__
 
