@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +24,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from datamodules.collate import Collator, build_example
 from datamodules.media import PixelBudget, stage_media
 from datamodules.records import load_records
+from lightning_modules.atomic_checkpoint import AtomicModelParallelStrategy
 from lightning_modules.backbone import LoraSettings, VisionLanguageBackbone
 from lightning_modules.schedules import WarmupSchedule
 from lightning_modules.sft import SFTModule
@@ -33,6 +35,43 @@ def small_media(family: str):
     f = 32 if family == "qwen3_vl" else 28  # patch factor
     budget = {"image": PixelBudget(4 * f * f, 16 * f * f), "video_frame": PixelBudget(f * f, 4 * f * f)}
     return dataclasses.replace(stage_media("sft", family), max_frames=4, **budget)
+
+
+def directory_digest(path: Path) -> str:
+    """SHA-256 over the names and bytes of every file under ``path``."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+class CheckpointDigests(Callback):
+    """Rank 0 records the digest of ``last.ckpt`` before each step, to ``digests.json`` at once (the run
+    may die in a later save)."""
+
+    def __init__(self, checkpoint: Path, out: Path) -> None:
+        self.checkpoint, self.out, self.digests = checkpoint, out, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 0 and self.checkpoint.exists():
+            self.digests[trainer.global_step] = directory_digest(self.checkpoint)
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "digests.json").write_text(json.dumps(self.digests))
+
+
+def fail_shard_writes_from(step: int, trainer_ref: list) -> None:
+    """This rank's DCP shard writes raise a full-disk error from global step ``step`` on."""
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+
+    write = FileSystemWriter.write_data
+
+    def failing_write(self, plan, planner):
+        if trainer_ref and trainer_ref[0].global_step >= step:
+            raise OSError(28, "No space left on device (injected)")
+        return write(self, plan, planner)
+
+    FileSystemWriter.write_data = failing_write
 
 
 class GlobalLoss(Callback):
@@ -106,6 +145,13 @@ def main() -> None:
         "--resume", default=None, help="a checkpoint to resume from (its steps are not replayed)"
     )
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed of the tiny model")
+    parser.add_argument("--save-last", action="store_true", help="only last.ckpt, rewritten at each save")
+    parser.add_argument(
+        "--fail-save-at-step", type=int, default=0, help="rank 1's shard writes fail from this step on"
+    )
+    parser.add_argument(
+        "--plain-strategy", action="store_true", help="Lightning's ModelParallelStrategy (non-atomic saves)"
+    )
     parser.add_argument(
         "--val-skip-rank", type=int, default=None, help="validate; this rank's rows all skipped"
     )
@@ -146,8 +192,9 @@ def main() -> None:
     done = torch.load(Path(args.resume) / "meta.pt", weights_only=False)["global_step"] if args.resume else 0
     # The list of batches is not a resumable loader: Lightning restarts it, so it starts where the run stopped.
     loader = torch.utils.data.DataLoader(batches[done:], batch_size=None, collate_fn=lambda b: b)
+    strategy_class = ModelParallelStrategy if args.plain_strategy else AtomicModelParallelStrategy
     strategy = (
-        ModelParallelStrategy(data_parallel_size=args.replicate, tensor_parallel_size=args.shard)
+        strategy_class(data_parallel_size=args.replicate, tensor_parallel_size=args.shard)
         if args.replicate
         else "auto"
     )
@@ -155,8 +202,16 @@ def main() -> None:
     callbacks: list[Callback] = [recorder]
     if args.checkpoint_dir:
         every = args.checkpoint_every or args.steps
-        name = "{step}" if args.checkpoint_every else "last"
-        callbacks.append(ModelCheckpoint(args.checkpoint_dir, name, every_n_train_steps=every, save_top_k=-1))
+        if args.save_last:
+            callbacks.append(
+                ModelCheckpoint(args.checkpoint_dir, every_n_train_steps=every, save_top_k=0, save_last=True)
+            )
+            callbacks.append(CheckpointDigests(Path(args.checkpoint_dir) / "last.ckpt", out))
+        else:
+            name = "{step}" if args.checkpoint_every else "last"
+            callbacks.append(
+                ModelCheckpoint(args.checkpoint_dir, name, every_n_train_steps=every, save_top_k=-1)
+            )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=world,
@@ -171,6 +226,9 @@ def main() -> None:
         num_sanity_val_steps=0,
         callbacks=callbacks,
     )
+    trainer_ref = [trainer]
+    if args.fail_save_at_step and rank == 1:
+        fail_shard_writes_from(args.fail_save_at_step, trainer_ref)
     val_loader = None
     if args.val_skip_rank is not None:  # one validation batch per rank at the end of the epoch
         val = global_batches(

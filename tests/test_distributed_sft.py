@@ -30,6 +30,7 @@ from lightning_modules.sharding import (
     total_grad_norm,
     transformer_blocks,
 )
+from tests.dist_sft_worker import directory_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dist_sft_worker.py"
@@ -121,6 +122,23 @@ class FakeMesh:
 )
 def test_mesh_size_one_dimensions_are_dropped(shape, want):
     assert data_parallel_mesh(FakeMesh(shape)).mesh_dim_names == want
+
+
+def test_swap_in_replaces_a_file_a_folder_or_nothing(tmp_path: Path):
+    from lightning_modules.atomic_checkpoint import partial_path, swap_in
+
+    for previous in ("file", "folder", None):
+        target = tmp_path / f"{previous}.ckpt"
+        if previous == "file":
+            target.write_text("old")
+        elif previous == "folder":
+            (target / "shard").mkdir(parents=True)
+        partial = partial_path(target)
+        partial.mkdir()
+        (partial / "new.distcp").write_text("new")
+        swap_in(partial, target)
+        assert sorted(p.name for p in target.iterdir()) == ["new.distcp"]
+        assert not partial.exists() and not target.with_name(f".{target.name}.old").exists()
 
 
 def test_three_dimensional_mesh_is_refused():
@@ -268,6 +286,38 @@ def test_sharded_resume_continues_exactly(manifest: Path, tmp_path: Path):
     torch.testing.assert_close(torch.tensor(resumed["losses"]), torch.tensor(full["losses"][2:]), **TOLERANCE)
     torch.testing.assert_close(resumed["logprobs"], full["logprobs"], **TOLERANCE)
     assert abs(full["losses"][3] - full["losses"][1]) > 0.05  # the steps differ
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "lightning"])
+def test_failed_sharded_save_keeps_the_previous_checkpoint(manifest: Path, tmp_path: Path, atomic: bool):
+    """``last.ckpt`` saved at step 2, then rank 1's shard writes fail (a full disk) while it is saved
+    again at step 4. With `AtomicModelParallelStrategy` the run fails, ``last.ckpt`` is byte for byte
+    the step-2 one, nothing else is left in the folder, and a run resumes from it. Lightning's own
+    strategy rewrites rank 0's shard in place: the control that shows the check can fail."""
+    ckpt = tmp_path / "ckpt"
+    args = ["--replicate", "1", "--shard", "2", "--steps", "4", "--checkpoint-dir", str(ckpt)]
+    args += ["--checkpoint-every", "2", "--save-last", "--fail-save-at-step", "4"]
+    args += [] if atomic else ["--plain-strategy"]
+    result = launch(2, ["--manifest", str(manifest), "--out", str(tmp_path / "run"), *args], timeout=300)
+    assert result.returncode != 0 and "No space left on device (injected)" in result.stderr, result.stderr[
+        -3000:
+    ]
+    digests = json.loads((tmp_path / "run" / "digests.json").read_text())
+    assert sorted(digests) == ["2", "3"]  # recorded after the step-2 save, before the failing one
+    after = directory_digest(ckpt / "last.ckpt")
+    if not atomic:
+        assert after != digests["3"]
+        return
+    assert after == digests["3"]
+    assert [p.name for p in ckpt.iterdir()] == ["last.ckpt"]
+    resumed = run_worker(
+        tmp_path / "resumed",
+        manifest,
+        2,
+        ["--replicate", "1", "--shard", "2", "--steps", "4", "--resume", str(ckpt / "last.ckpt")],
+    )
+    assert len(resumed["losses"]) == 2
 
 
 @pytest.mark.slow

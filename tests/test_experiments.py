@@ -129,7 +129,7 @@ def test_gpu_recipe_is_a_valid_config(recipe: Path, trainer: str, tmp_path: Path
     assert printed["model"]["init_args"]["backbone"]["init_args"]["model_name_or_path"] != "tiny"
     assert printed["trainer"]["use_distributed_sampler"] is False
     strategy = printed["trainer"]["strategy"]
-    assert strategy["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    assert strategy["class_path"] == "lightning_modules.atomic_checkpoint.AtomicModelParallelStrategy"
     mesh = (strategy["init_args"]["data_parallel_size"], strategy["init_args"]["tensor_parallel_size"])
     assert mesh == SHARDED_TRAINERS[trainer]
     # Lightning must not cast the sharded master weights: bf16 comes from the module's sharding policy.
