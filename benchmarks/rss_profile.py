@@ -176,7 +176,8 @@ class RSSMonitor:
         while not self._stop.wait(self.interval):
             status = read_status()
             with self._lock:
-                self.stats[self._stack[-1]].see(status)
+                if self._stack:  # between two phases nothing is open
+                    self.stats[self._stack[-1]].see(status)
 
     def stop(self) -> dict[str, int]:
         self._stop.set()

@@ -103,6 +103,7 @@ def gather_token_logprobs(
     chunk_size: int = 1024,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    fused_loss: Literal["auto", "liger", "torch"] = "torch",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(target) for rows of ``hidden`` [N, H], ``chunk_size`` rows of logits at a time.
 
@@ -114,6 +115,12 @@ def gather_token_logprobs(
     """
     dtype = score_dtype(hidden.dtype)
     fused = temperature == 1.0 and not with_entropy
+    liger_fits = hidden.is_cuda and hidden.dtype != torch.float64 and isinstance(lm_head, nn.Linear)
+    if fused and fused_loss != "torch" and liger_fits:
+        from lightning_modules.liger_logprobs import liger_available, liger_token_logprobs
+
+        if fused_loss == "liger" or liger_available():  # Liger's fused linear cross-entropy (CUDA)
+            return liger_token_logprobs(hidden, lm_head.weight, targets, bias=lm_head.bias)
 
     def chunk_scores(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if fused:  # log_softmax + gather in one kernel whose backward is softmax − one-hot
@@ -159,6 +166,9 @@ class VisionLanguageBackbone(nn.Module):
         logprob_chunk_size: rows of logits computed at once by `token_logprobs`.
         tiny_hidden: hidden size of the ``tiny`` preset's language model.
         tiny_layers: decoder layers of the ``tiny`` preset.
+        fused_loss: the log-prob head at temperature 1: ``liger`` (Liger-Kernel's fused linear
+            cross-entropy; CUDA and the ``liger`` extra), ``torch`` (chunked cross-entropy), or ``auto``
+            (Liger when it is available).
         tiny_vocab: ``qwen`` (the real 151k tokenizer) or ``synthetic`` (a 1k byte-level BPE trained on
             the synthetic suite, with the Qwen special tokens: lets the CPU demo learn in minutes).
     """
@@ -178,11 +188,18 @@ class VisionLanguageBackbone(nn.Module):
         tiny_hidden: int = 64,
         tiny_layers: int = 2,
         tiny_vocab: Literal["qwen", "synthetic"] = "qwen",
+        fused_loss: Literal["auto", "liger", "torch"] = "auto",
     ):
         super().__init__()
         from transformers import AutoModelForImageTextToText
 
         self.name_or_path, self.logprob_chunk_size = model_name_or_path, logprob_chunk_size
+        if fused_loss == "liger":
+            from lightning_modules.liger_logprobs import INSTALL_HINT, liger_available
+
+            if not liger_available():
+                raise ImportError(f"fused_loss='liger' needs CUDA and liger-kernel: {INSTALL_HINT}")
+        self.fused_loss = fused_loss
         # Enough to rebuild this backbone around a checkpoint's weights (export, evaluation).
         self.init_args: dict[str, Any] = {
             "model_name_or_path": model_name_or_path,
@@ -307,6 +324,7 @@ class VisionLanguageBackbone(nn.Module):
             self.logprob_chunk_size,
             temperature,
             with_entropy,
+            self.fused_loss,
         )
         logp, entropy = scores if with_entropy else (scores, None)
         out = torch.zeros(ids.shape, dtype=logp.dtype, device=ids.device)
