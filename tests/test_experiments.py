@@ -199,6 +199,7 @@ def test_sft_8b_recipe_matches_paper():
     assert cfg["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(1e-5)
     assert cfg["model"]["init_args"]["schedule"] == {"name": "cosine", "warmup_ratio": 0.02}
     assert cfg["data"]["max_length"] == 16384
+    assert cfg["data"]["pack_tokens"] <= cfg["data"]["max_length"]  # packing changes no row's limit
     fsdp = yaml.safe_load((EXPERIMENTS / "shared" / "trainer_fsdp.yaml").read_text())["trainer"]
     assert fsdp["strategy"]["class_path"].endswith("ModelParallelStrategy")
     # bf16 compute, fp32 gradient reduction: the SFT module's sharding defaults.
