@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 from datamodules.collate import Collator, build_example  # noqa: E402
 from datamodules.media import load_video, stage_media  # noqa: E402
 from datamodules.records import load_records  # noqa: E402
-from lightning_modules.processing import build_processor  # noqa: E402
+from lightning_modules.model.processing import build_processor  # noqa: E402
 
 
 def median_rate(count: int, seconds: list[float]) -> float:

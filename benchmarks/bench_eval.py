@@ -24,9 +24,9 @@ def run(suite: Path, out: Path, batch_size: int, max_new_tokens: int, workers: i
     import lightning as L
 
     from datamodules.datamodule import OneThinkerDataModule
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.eval.sam2_masks import Sam2MaskPredictor
     from lightning_modules.evaluation import EvaluationModule
-    from lightning_modules.sam2_masks import Sam2MaskPredictor
+    from lightning_modules.model.backbone import VisionLanguageBackbone
 
     backbone = VisionLanguageBackbone("tiny", tiny_vocab="synthetic", tiny_hidden=128, tiny_layers=4)
     dm = OneThinkerDataModule(

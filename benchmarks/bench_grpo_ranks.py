@@ -1,5 +1,5 @@
 """GRPO step time in one process and in several (DDP over gloo, CPU), and the share of the step spent
-in the cross-rank agreement (the gathers of `lightning_modules/rl_step.py`, waiting included).
+in the cross-rank agreement (the gathers of `lightning_modules/rl/rl_step.py`, waiting included).
 
 The tiny Qwen3-VL (random, frozen vision tower) on fixed global batches of 4 text prompts x 4 sampled
 answers of up to 16 tokens (tests/distributed_grpo_run.py with the HF engine), ``--steps`` RL steps;

@@ -131,7 +131,7 @@ def qwen3_vl_2b_config() -> Any:
 def build_backbone(args: argparse.Namespace) -> Any:
     """The policy of both sides: the tiny preset, or (``--model 2b``) a randomly initialised bf16
     Qwen3-VL-2B-shaped model on ``--device`` in the tiny backbone's place; vision tower and projector frozen."""
-    from lightning_modules.backbone import VisionLanguageBackbone, resolve_attention
+    from lightning_modules.model.backbone import VisionLanguageBackbone, resolve_attention
 
     backbone = VisionLanguageBackbone("tiny", seed=args.seed)
     if args.model == "tiny":
@@ -167,14 +167,14 @@ def model_settings(args: argparse.Namespace, backbone: Any) -> dict:
 
 def build_engine(name: str, max_new_tokens: int, gpu_memory_utilization: float = 0.5) -> Any:
     """A rollout engine by name: ``hf`` (dynamic KV cache), ``hf-static`` or ``vllm`` (temperature 1, top-p 1)."""
-    from lightning_modules.rollout import HFGenerateEngine
+    from lightning_modules.rl.rollout import HFGenerateEngine
 
     if name == "hf":
         return HFGenerateEngine(max_new_tokens=max_new_tokens)
     if name == "hf-static":
         return HFGenerateEngine(max_new_tokens=max_new_tokens, cache_implementation="static")
     if name == "vllm":
-        from lightning_modules.vllm_engine import VLLMColocateEngine
+        from lightning_modules.rl.vllm_engine import VLLMColocateEngine
 
         return VLLMColocateEngine(
             max_new_tokens=max_new_tokens, gpu_memory_utilization=gpu_memory_utilization

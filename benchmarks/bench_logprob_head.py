@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lightning_modules.backbone import gather_token_logprobs  # noqa: E402
+from lightning_modules.model.backbone import gather_token_logprobs  # noqa: E402
 
 
 def log_softmax_gather(

@@ -126,7 +126,7 @@ def backbone_loss_kwargs(liger: bool) -> dict[str, str]:
     ``--liger``, while the backbone has no such argument."""
     import inspect
 
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.model.backbone import VisionLanguageBackbone
 
     if "fused_loss" in inspect.signature(VisionLanguageBackbone.__init__).parameters:
         return {"fused_loss": "liger" if liger else "torch"}
@@ -140,7 +140,7 @@ def backbone_loss_kwargs(liger: bool) -> dict[str, str]:
 
 def count_liger_calls() -> Any:
     """Counts calls of Liger's fused linear cross-entropy in this process (through
-    `lightning_modules.liger_logprobs`, which looks the function up at each call). Returns a reader of
+    `lightning_modules.model.liger_logprobs`, which looks the function up at each call). Returns a reader of
     the count; without liger-kernel the count stays 0."""
     calls = [0]
     try:
@@ -176,7 +176,7 @@ def build_batches(
     from datamodules.media import stage_media
     from datamodules.records import load_records
     from datamodules.synthetic import SYNTHETIC_TASKS, generate_suite
-    from lightning_modules.processing import build_processor
+    from lightning_modules.model.processing import build_processor
 
     rows = n_batches * batch_size
     per_task = max(1, math.ceil(rows / len(SYNTHETIC_TASKS)))
@@ -252,7 +252,7 @@ def run_ours(batches: list[dict[str, Any]], steps: int, warmup: int, seed: int, 
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.model.backbone import VisionLanguageBackbone
     from lightning_modules.sft import SFTModule
 
     liger_calls = count_liger_calls() if liger else (lambda: 0)
@@ -312,7 +312,7 @@ def run_peer(
 ) -> dict:
     from transformers import TrainerCallback, TrainingArguments
 
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.model.backbone import VisionLanguageBackbone
 
     order = [{k: b[k] for k in PEER_KEYS if b.get(k) is not None} for b in step_order(batches, steps)]
 
@@ -618,7 +618,7 @@ def run_gpu_8b(args: argparse.Namespace) -> None:
 def gpu_config(args: argparse.Namespace) -> tuple[Any, str, str]:
     """(config, name, device) of the GPU measurement; ``--gpu-smoke``: the tiny config on CPU (code-path check)."""
     if args.gpu_smoke:
-        from lightning_modules.presets import tiny_config
+        from lightning_modules.model.presets import tiny_config
 
         return tiny_config("qwen3_vl"), "tiny Qwen3-VL (smoke test)", "cpu"
     return qwen3_vl_8b_config(), "Qwen3-VL-8B-shaped", "cuda"
@@ -630,7 +630,7 @@ def build_gpu_model(config: Any, seed: int, device: str) -> tuple[Any, dict]:
     import transformers
     from transformers import AutoModelForImageTextToText
 
-    from lightning_modules.backbone import resolve_attention
+    from lightning_modules.model.backbone import resolve_attention
 
     attn = resolve_attention("auto")
     torch.manual_seed(seed)
@@ -769,7 +769,7 @@ def train_config(
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.model.backbone import VisionLanguageBackbone
     from lightning_modules.sft import SFTModule
 
     cuda = device == "cuda"

@@ -57,7 +57,7 @@ def main() -> None:
     import torch
 
     from datamodules.synthetic import generate_suite
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.model.backbone import VisionLanguageBackbone
     from lightning_modules.sft import SFTModule
 
     backbone = VisionLanguageBackbone(

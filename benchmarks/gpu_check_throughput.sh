@@ -100,7 +100,7 @@ if [ "$mode" = gpu ] && [ ! -f "$PADDED" ]; then
 fi
 
 # Liger: from the carried wheel if it is not installed (no index: the machine has no network).
-has_liger() { python -c "from lightning_modules.liger_logprobs import liger_importable as ok; import sys; sys.exit(not ok())"; }
+has_liger() { python -c "from lightning_modules.model.liger_logprobs import liger_importable as ok; import sys; sys.exit(not ok())"; }
 if [ "$mode" = gpu ] && ! has_liger; then
   wheel=$(find "$WHEELS" -maxdepth 1 -name 'liger_kernel-*.whl' 2>/dev/null | sort | tail -1)
   if [ -n "$wheel" ]; then
@@ -113,7 +113,7 @@ if [ "$mode" != dry ]; then
     echo "liger-kernel (>= 0.8.2) not importable: step 3 skipped"
     liger_arm=0
   fi
-  if ! python -c "import inspect, sys; from lightning_modules.backbone import VisionLanguageBackbone as B; \
+  if ! python -c "import inspect, sys; from lightning_modules.model.backbone import VisionLanguageBackbone as B; \
 sys.exit('fused_loss' not in inspect.signature(B.__init__).parameters)"; then
     echo "VisionLanguageBackbone has no fused_loss argument yet (the Liger wiring): step 3 skipped"
     liger_arm=0

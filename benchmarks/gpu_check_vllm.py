@@ -69,8 +69,8 @@ def main() -> None:
         print("gpu_check_vllm: vLLM is not installed (bash scripts/setup.sh --gpu); nothing checked.")
         return
     from datamodules.synthetic import generate_suite
-    from lightning_modules.rollout_requests import build_requests
-    from lightning_modules.vllm_engine import VLLMColocateEngine
+    from lightning_modules.rl.rollout_requests import build_requests
+    from lightning_modules.rl.vllm_engine import VLLMColocateEngine
 
     args.model, args.device = "2b", "cuda"
     result: dict[str, Any] = {}
@@ -112,7 +112,7 @@ def main() -> None:
         rollouts = engine(backbone, prompts, 4, seed=1)
         with torch.no_grad():
             trainer_lp = backbone.token_logprobs(rollouts.batch, rollouts.response_mask.bool())
-        from lightning_modules.losses import logprob_gap
+        from lightning_modules.rl.losses import logprob_gap
 
         total, worst, tokens = logprob_gap(trainer_lp, rollouts.sampling_logprobs, rollouts.response_mask)
         result["logprob_gap"] = {"mean": total / max(tokens, 1), "max": worst, "tokens": tokens}

@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning as L
 
-from lightning_modules.advantages import TaskRewardEMA
+from lightning_modules.rl.advantages import TaskRewardEMA
 
 
 class TaskRewardStatsCallback(L.Callback):

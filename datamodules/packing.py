@@ -2,7 +2,7 @@
 
 A packed batch keeps every per-sample tensor the processor made (pixels, grids) in sample order and
 adds ``pack_lengths``: the token count of each sample, row by row. The backbone derives each sample's
-own positions from it (`lightning_modules.backbone.packed_position_ids`), which keeps attention inside
+own positions from it (`lightning_modules.model.backbone.packed_position_ids`), which keeps attention inside
 each sample. Row padding after the last sample is its own segment, with no label.
 """
 

@@ -1,6 +1,6 @@
 """Text of the synthetic suite (prompts and assistant turns), which the demo's small vocabulary was trained
 on. ``python -m datamodules.synthetic_corpus`` retrains it and rewrites the shipped file
-(`lightning_modules.processing.SYNTHETIC_BPE`), e.g. after the generator's text changed."""
+(`lightning_modules.model.processing.SYNTHETIC_BPE`), e.g. after the generator's text changed."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def synthetic_corpus(per_task: int = 24, seed: int = 12345) -> tuple[str, ...]:
 def write_synthetic_bpe() -> None:
     import json
 
-    from lightning_modules.processing import SYNTHETIC_BPE, train_synthetic_bpe
+    from lightning_modules.model.processing import SYNTHETIC_BPE, train_synthetic_bpe
 
     SYNTHETIC_BPE.write_text(json.dumps(train_synthetic_bpe(synthetic_corpus()), ensure_ascii=False) + "\n")
     print(f"wrote {SYNTHETIC_BPE}")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from callbacks.reward_record import RECORD_FILE
-from lightning_modules.advantage_diagnostics import advantage_diagnostics
-from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages
+from lightning_modules.rl.advantage_diagnostics import advantage_diagnostics
+from lightning_modules.rl.advantages import AdvantageResult, TaskRewardEMA, compute_advantages
 
 ESTIMATORS = ("grpo", "dr_grpo", "ema_grpo")
 DIAGNOSTICS = ("mass_share", "amplified", "mean_abs")

@@ -23,7 +23,7 @@ from datamodules.media import stage_media
 from datamodules.prompts import build_prompt
 from datamodules.records import load_records
 from datamodules.synthetic import generate_suite
-from lightning_modules.processing import build_processor
+from lightning_modules.model.processing import build_processor
 
 CONFIGS = Path(__file__).resolve().parent
 SHARED = [CONFIGS / "shared" / "trainer_cpu.yaml", CONFIGS / "shared" / "logger_demo.yaml"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lightning_modules.backbone import LoraSettings, VisionLanguageBackbone
+from lightning_modules.model.backbone import LoraSettings, VisionLanguageBackbone
 
 PREFIX = "backbone."
 

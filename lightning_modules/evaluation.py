@@ -3,7 +3,7 @@
 ``onethinker test`` runs it. Each batch is decoded greedily, segmentation answers become masks
 through SAM2, and the rows are appended to ``predictions.jsonl`` at once, so an interrupted run
 resumes where it stopped. At the end the rows of every rank are gathered, scored with the
-torchmetrics of `lightning_modules.evaluation_scoring` (states synced across ranks), and written
+torchmetrics of `lightning_modules.eval.scoring` (states synced across ranks), and written
 to ``metrics.json`` and ``summary.md``.
 """
 
@@ -21,8 +21,7 @@ import torch
 import torch.distributed as dist
 
 from datamodules.media import read_frames, read_image
-from lightning_modules.backbone import VisionLanguageBackbone, decode_responses, join_sharded_call
-from lightning_modules.evaluation_report import (
+from lightning_modules.eval.report import (
     PredictionStore,
     decode_mask,
     encode_mask,
@@ -30,9 +29,10 @@ from lightning_modules.evaluation_report import (
     write_metrics,
     write_summary,
 )
-from lightning_modules.evaluation_scoring import PROTOCOLS, BenchmarkScores, Row
-from lightning_modules.sam2_masks import MaskPredictor, parse_segmentation_prompt, predict_masks
-from lightning_modules.sharding import ShardingSettings, configure_sharding
+from lightning_modules.eval.sam2_masks import MaskPredictor, parse_segmentation_prompt, predict_masks
+from lightning_modules.eval.scoring import PROTOCOLS, BenchmarkScores, Row
+from lightning_modules.model.backbone import VisionLanguageBackbone, decode_responses, join_sharded_call
+from lightning_modules.training.sharding import ShardingSettings, configure_sharding
 from rewards.parsing import extract_answer, normalize_response
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class EvaluationModule(L.LightningModule):
 
     def _masks(self) -> MaskPredictor:
         if self.mask_predictor is None:
-            from lightning_modules.sam2_masks import Sam2MaskPredictor
+            from lightning_modules.eval.sam2_masks import Sam2MaskPredictor
 
             self.mask_predictor = Sam2MaskPredictor(device=str(self.device))
         return self.mask_predictor

@@ -15,9 +15,7 @@ from lightning.pytorch.cli import OptimizerCallable
 import rewards
 from datamodules.collate import RowMedia
 from datamodules.tasks import task_key
-from lightning_modules.advantage_diagnostics import advantage_diagnostics
-from lightning_modules.advantages import AdvantageResult, TaskRewardEMA, compute_advantages
-from lightning_modules.backbone import (
+from lightning_modules.model.backbone import (
     VisionLanguageBackbone,
     decode_responses,
     join_sharded_call,
@@ -25,7 +23,9 @@ from lightning_modules.backbone import (
     sharded_across_ranks,
     vision_grad_anchor,
 )
-from lightning_modules.losses import (
+from lightning_modules.rl.advantage_diagnostics import advantage_diagnostics
+from lightning_modules.rl.advantages import AdvantageResult, TaskRewardEMA, compute_advantages
+from lightning_modules.rl.losses import (
     aggregate,
     global_counts,
     kl_penalty,
@@ -33,7 +33,7 @@ from lightning_modules.losses import (
     policy_loss,
     truncated_is_weights,
 )
-from lightning_modules.rl_step import (
+from lightning_modules.rl.rl_step import (
     GroupRecord,
     MicroBatch,
     gather_groups,
@@ -43,10 +43,10 @@ from lightning_modules.rl_step import (
     plan_updates,
     rank_micro_batches,
 )
-from lightning_modules.rollout import HFGenerateEngine, RolloutEngine, Rollouts, rollout_seed, select_rows
-from lightning_modules.schedules import WarmupSchedule
-from lightning_modules.sharding import ShardingSettings, configure_sharding
-from lightning_modules.step_metrics import log_step_metrics
+from lightning_modules.rl.rollout import HFGenerateEngine, RolloutEngine, Rollouts, rollout_seed, select_rows
+from lightning_modules.training.schedules import WarmupSchedule
+from lightning_modules.training.sharding import ShardingSettings, configure_sharding
+from lightning_modules.training.step_metrics import log_step_metrics
 from rewards import REWARD_FIELDS
 from rewards.reward_model import OpenAIChatRewardScorer
 
@@ -113,7 +113,7 @@ class GRPOModule(L.LightningModule):
     Args:
         backbone: the policy (and processor).
         rollout: the rollout engine: `HFGenerateEngine` (default) or
-            `lightning_modules.vllm_engine.VLLMColocateEngine` (``class_path``).
+            `lightning_modules.rl.vllm_engine.VLLMColocateEngine` (``class_path``).
         rollouts_per_prompt: group size (released: 8).
         advantage: the ablation flag: ``ema_grpo``, ``grpo`` or ``dr_grpo``.
         task_key_by: EMA key: ``task`` (segmentation split by modality) or ``task_modality``.
@@ -519,7 +519,7 @@ class GRPOModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """One RL step in named phases: collect, advantages, old log-probs, update, log. Every rank runs
-        the same collective calls whatever its data (lightning_modules/rl_step.py)."""
+        the same collective calls whatever its data (lightning_modules/rl/rl_step.py)."""
         started = time.perf_counter()
         # Sampling is seeded per step and rank, so a resumed run draws the same rollouts.
         torch.manual_seed(rollout_seed(self.hparams.seed, self.global_step, self.global_rank))

@@ -12,15 +12,15 @@ from lightning.pytorch.cli import OptimizerCallable
 
 from datamodules.packing import sample_spans
 from datamodules.tasks import task_key
-from lightning_modules.backbone import (
+from lightning_modules.model.backbone import (
     VisionLanguageBackbone,
     join_sharded_call,
     placeholder_row,
     vision_grad_anchor,
 )
-from lightning_modules.schedules import WarmupSchedule
-from lightning_modules.sharding import ShardingSettings, configure_sharding, total_grad_norm
-from lightning_modules.step_metrics import log_step_metrics
+from lightning_modules.training.schedules import WarmupSchedule
+from lightning_modules.training.sharding import ShardingSettings, configure_sharding, total_grad_norm
+from lightning_modules.training.step_metrics import log_step_metrics
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:

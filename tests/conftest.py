@@ -50,21 +50,21 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from lightning_modules.processing import qwen_tokenizer
+    from lightning_modules.model.processing import qwen_tokenizer
 
     return qwen_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def processor(tokenizer):
-    from lightning_modules.processing import build_processor
+    from lightning_modules.model.processing import build_processor
 
     return build_processor("qwen3_vl", tokenizer)
 
 
 @pytest.fixture(scope="session")
 def processor_25(tokenizer):
-    from lightning_modules.processing import build_processor
+    from lightning_modules.model.processing import build_processor
 
     return build_processor("qwen2_5_vl", tokenizer)
 

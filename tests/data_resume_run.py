@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules.datamodule import OneThinkerDataModule
-from lightning_modules.processing import build_processor
+from lightning_modules.model.processing import build_processor
 
 STEPS = 4
 

@@ -24,11 +24,11 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from datamodules.collate import Collator, build_example
 from datamodules.media import PixelBudget, stage_media
 from datamodules.records import load_records
-from lightning_modules.atomic_checkpoint import AtomicModelParallelStrategy
-from lightning_modules.backbone import LoraSettings, VisionLanguageBackbone
-from lightning_modules.schedules import WarmupSchedule
+from lightning_modules.model.backbone import LoraSettings, VisionLanguageBackbone
 from lightning_modules.sft import SFTModule
-from lightning_modules.sharding import ShardingSettings, is_sharded
+from lightning_modules.training.atomic_checkpoint import AtomicModelParallelStrategy
+from lightning_modules.training.schedules import WarmupSchedule
+from lightning_modules.training.sharding import ShardingSettings, is_sharded
 
 
 def small_media(family: str):

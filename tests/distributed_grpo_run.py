@@ -34,17 +34,17 @@ from callbacks.task_reward_stats import TaskRewardStatsCallback
 from datamodules.collate import Collator, build_example
 from datamodules.media import stage_media
 from datamodules.records import load_records
-from lightning_modules import vllm_engine
-from lightning_modules.backbone import VisionLanguageBackbone
+from lightning_modules.rl import vllm_engine
 from lightning_modules.grpo import GRPOModule
-from lightning_modules.rollout import (
+from lightning_modules.model.backbone import VisionLanguageBackbone
+from lightning_modules.rl.rollout import (
     HFGenerateEngine,
     RolloutEngine,
     Rollouts,
     layout_rollouts,
     pad_completions,
 )
-from lightning_modules.sharding import ShardingSettings
+from lightning_modules.training.sharding import ShardingSettings
 from tests.fake_vllm import fake_llm_factory
 
 N = 4  # rollouts per prompt

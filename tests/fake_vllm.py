@@ -7,7 +7,7 @@ import re
 from types import SimpleNamespace
 from typing import Any
 
-from lightning_modules.processing import build_processor
+from lightning_modules.model.processing import build_processor
 
 ENGINE_LOGPROB = -50.0  # far below the tiny model's (about -12): π_old/π_engine is huge, any cap binds
 

@@ -435,7 +435,7 @@ def test_fit_args_parse_in_lightning_cli(tmp_path, capsys, monkeypatch):
     configs = write_configs(tmp_path)
     (tmp_path / "model.yaml").write_text(
         "model:\n  class_path: lightning_modules.grpo.GRPOModule\n  init_args:\n    backbone:\n"
-        "      class_path: lightning_modules.backbone.VisionLanguageBackbone\n"
+        "      class_path: lightning_modules.model.backbone.VisionLanguageBackbone\n"
         "      init_args: {model_name_or_path: tiny}\n"
     )
     configs.append(tmp_path / "model.yaml")

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from lightning_modules.advantage_diagnostics import advantage_diagnostics
-from lightning_modules.advantages import EPS, TaskRewardEMA, compute_advantages
+from lightning_modules.rl.advantage_diagnostics import advantage_diagnostics
+from lightning_modules.rl.advantages import EPS, TaskRewardEMA, compute_advantages
 
 SPARSE = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
 DENSE = [0.80, 0.82, 0.85, 0.87, 0.81, 0.83, 0.84, 0.86]

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from datamodules.tasks import task_key
-from lightning_modules.advantages import (
+from lightning_modules.rl.advantages import (
     AdvantageResult,
     TaskRewardEMA,
     compute_advantages,

@@ -15,7 +15,7 @@ from datamodules.collate import Collator, build_example
 from datamodules.media import PixelBudget, stage_media
 from datamodules.records import load_records
 from datamodules.synthetic import generate_suite
-from lightning_modules.backbone import (
+from lightning_modules.model.backbone import (
     LoraSettings,
     VisionLanguageBackbone,
     gather_token_logprobs,
@@ -23,7 +23,7 @@ from lightning_modules.backbone import (
     response_mask,
     vision_grad_anchor,
 )
-from lightning_modules.processing import VISION_TOKENS
+from lightning_modules.model.processing import VISION_TOKENS
 from tests.numerics import FLOAT64_TOLERANCE, batch_to
 
 pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
@@ -623,8 +623,8 @@ def test_export_round_trip_through_from_pretrained(sft_records, family: str, tmp
 def test_decode_responses_keeps_only_masked_in_tokens():
     import torch
 
-    from lightning_modules.backbone import decode_responses
-    from lightning_modules.processing import qwen_tokenizer
+    from lightning_modules.model.backbone import decode_responses
+    from lightning_modules.model.processing import qwen_tokenizer
 
     tok = qwen_tokenizer()
     first, second = tok.encode("<answer>B</answer>"), tok.encode(" tail")

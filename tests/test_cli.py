@@ -65,7 +65,7 @@ def test_offline_tokenizer_matches_qwen_tiktoken(tokenizer):
 
 
 def test_synthetic_vocabulary_keeps_qwen_specials_and_round_trips():
-    from lightning_modules.processing import QWEN_ADDED_TOKENS, synthetic_tokenizer
+    from lightning_modules.model.processing import QWEN_ADDED_TOKENS, synthetic_tokenizer
 
     tok = synthetic_tokenizer()
     names = [t for t, _ in QWEN_ADDED_TOKENS]
@@ -85,11 +85,11 @@ def test_shipped_synthetic_vocabulary_matches_the_suite_text(tmp_path):
     import sys
 
     from datamodules.synthetic_corpus import synthetic_corpus
-    from lightning_modules.processing import SYNTHETIC_BPE, train_synthetic_bpe
+    from lightning_modules.model.processing import SYNTHETIC_BPE, train_synthetic_bpe
 
     assert train_synthetic_bpe(synthetic_corpus()) == json.loads(SYNTHETIC_BPE.read_text())
     code = (
-        "import sys; from lightning_modules.processing import synthetic_tokenizer; tok = synthetic_tokenizer(); "
+        "import sys; from lightning_modules.model.processing import synthetic_tokenizer; tok = synthetic_tokenizer(); "
         "print(len(tok), any(m.startswith('datamodules.synthetic') for m in sys.modules))"
     )
     env = {**os.environ, "ONETHINKER_CACHE": str(tmp_path)}
@@ -100,7 +100,7 @@ def test_shipped_synthetic_vocabulary_matches_the_suite_text(tmp_path):
 def test_tiny_preset_with_synthetic_vocabulary_runs(media_dir):
     import torch
 
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.model.backbone import VisionLanguageBackbone
 
     b = VisionLanguageBackbone("tiny", tiny_vocab="synthetic", tiny_hidden=32, tiny_layers=1)
     config = b.hf_model.config

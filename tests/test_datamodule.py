@@ -120,7 +120,7 @@ def test_global_batch_size_splits_over_ranks_or_fails_at_setup(suite, processor)
 def test_family_follows_the_connected_processor():
     """The backbone is the one source of the family: its processor sets the patch factor; a data.family
     that disagrees with it fails clearly."""
-    from lightning_modules.processing import build_processor
+    from lightning_modules.model.processing import build_processor
 
     for family, factor in (("qwen3_vl", 32), ("qwen2_5_vl", 28)):
         dm = OneThinkerDataModule(mode="rl")

@@ -30,9 +30,9 @@ import torch
 import lightning as L
 from lightning.pytorch.strategies import ModelParallelStrategy
 from datamodules.datamodule import OneThinkerDataModule
-from lightning_modules.backbone import VisionLanguageBackbone
+from lightning_modules.model.backbone import VisionLanguageBackbone
 from lightning_modules.evaluation import EvaluationModule
-from lightning_modules.sharding import ShardingSettings, is_sharded
+from lightning_modules.training.sharding import ShardingSettings, is_sharded
 
 manifest, out, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
 backbone = VisionLanguageBackbone("tiny", family="qwen3_vl", seed=0, tiny_vocab="synthetic", attn_implementation="sdpa")

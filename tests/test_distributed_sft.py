@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.sharding import (
+from lightning_modules.training.sharding import (
     data_parallel_mesh,
     hf_gradient_checkpointing,
     shard_backbone,
@@ -125,7 +125,7 @@ def test_mesh_size_one_dimensions_are_dropped(shape, want):
 
 
 def test_swap_in_replaces_a_file_a_folder_or_nothing(tmp_path: Path):
-    from lightning_modules.atomic_checkpoint import partial_path, swap_in
+    from lightning_modules.training.atomic_checkpoint import partial_path, swap_in
 
     for previous in ("file", "folder", None):
         target = tmp_path / f"{previous}.ckpt"
@@ -154,7 +154,7 @@ def test_three_dimensional_mesh_is_refused():
     ],
 )
 def test_units_are_the_decoder_layers_and_vision_blocks(family: str, layer: str, block: str):
-    from lightning_modules.backbone import LoraSettings, VisionLanguageBackbone
+    from lightning_modules.model.backbone import LoraSettings, VisionLanguageBackbone
 
     for lora in (None, LoraSettings(r=2)):
         backbone = VisionLanguageBackbone(
@@ -168,7 +168,7 @@ def test_units_are_the_decoder_layers_and_vision_blocks(family: str, layer: str,
 def test_activation_checkpointing_refuses_the_backbones_gradient_checkpointing():
     """Both recompute each layer: sharding refuses the pair before it touches the mesh (the check reads
     the layers' flags, which transformers 5.20 and 5.25 share; the model's property was renamed)."""
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.model.backbone import VisionLanguageBackbone
 
     plain = VisionLanguageBackbone("tiny", family="qwen2_5_vl", tiny_layers=2, tiny_vocab="synthetic")
     ckpt = VisionLanguageBackbone(
@@ -250,7 +250,7 @@ def test_hsdp_four_processes_equal_one_process(hsdp_run, reference):
 @pytest.mark.slow
 def test_sharded_checkpoint_exports_to_the_trained_model(hsdp_run, manifest: Path, tmp_path: Path):
     from experiments.export import export_checkpoint
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.model.backbone import VisionLanguageBackbone
     from tests.dist_sft_worker import global_batches
 
     got, ckpt = hsdp_run

@@ -45,7 +45,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def synthetic_processor():
-    from lightning_modules.processing import build_processor, synthetic_tokenizer
+    from lightning_modules.model.processing import build_processor, synthetic_tokenizer
 
     return build_processor("qwen3_vl", synthetic_tokenizer())
 
@@ -208,8 +208,8 @@ import json, sys
 import lightning as L
 from datamodules.datamodule import OneThinkerDataModule
 from lightning_modules.evaluation import EvaluationModule
-from lightning_modules.processing import build_processor, synthetic_tokenizer
-from lightning_modules.sam2_masks import Sam2MaskPredictor
+from lightning_modules.model.processing import build_processor, synthetic_tokenizer
+from lightning_modules.eval.sam2_masks import Sam2MaskPredictor
 from tests.eval_oracle import OracleBackbone
 
 suite, out, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])

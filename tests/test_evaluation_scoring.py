@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from lightning_modules.evaluation_report import PredictionStore, decode_mask, encode_mask, summary_table
-from lightning_modules.evaluation_scoring import (
+from lightning_modules.eval.report import PredictionStore, decode_mask, encode_mask, summary_table
+from lightning_modules.eval.scoring import (
     BenchmarkScores,
     Row,
     frame_boxes_from_seconds,

@@ -136,7 +136,9 @@ def test_gpu_recipe_is_a_valid_config(recipe: Path, trainer: str, tmp_path: Path
     assert printed["model"]["init_args"]["backbone"]["init_args"]["model_name_or_path"] != "tiny"
     assert printed["trainer"]["use_distributed_sampler"] is False
     strategy = printed["trainer"]["strategy"]
-    assert strategy["class_path"] == "lightning_modules.atomic_checkpoint.AtomicModelParallelStrategy"
+    assert (
+        strategy["class_path"] == "lightning_modules.training.atomic_checkpoint.AtomicModelParallelStrategy"
+    )
     mesh = (strategy["init_args"]["data_parallel_size"], strategy["init_args"]["tensor_parallel_size"])
     assert mesh == SHARDED_TRAINERS[trainer]
     # Lightning must not cast the sharded master weights: bf16 comes from the module's sharding policy.
@@ -163,7 +165,7 @@ def test_rl_8b_recipe_matches_spec_section_7():
     assert module["schedule"] == {"name": "constant", "warmup_ratio": 0.0} and module["grad_clip"] == 1.0
     backbone = module["backbone"]["init_args"]
     assert backbone["freeze_vision_tower"] is False and backbone["dtype"] == "bfloat16"
-    from lightning_modules.losses import LOG_RATIO_CLAMP
+    from lightning_modules.rl.losses import LOG_RATIO_CLAMP
 
     assert LOG_RATIO_CLAMP == 20.0
 
@@ -172,7 +174,7 @@ def test_one_switch_selects_the_vllm_engine(tmp_path: Path):
     """The shared fragment, or one flag, puts the vLLM engine in the 8B RL recipe (parsed here, no vLLM)."""
     shared = [EXPERIMENTS / "shared" / "trainer_fsdp.yaml", EXPERIMENTS / "shared" / "logger_wandb.yaml"]
     recipe = EXPERIMENTS / "ema_grpo_qwen3vl_8b.yaml"
-    engine = "lightning_modules.vllm_engine.VLLMColocateEngine"
+    engine = "lightning_modules.rl.vllm_engine.VLLMColocateEngine"
     by_fragment = [
         *config_args([*shared, recipe, EXPERIMENTS / "shared" / "rollout_vllm.yaml"]),
         "--print_config",
@@ -214,7 +216,7 @@ def test_sft_8b_recipe_matches_paper():
 
     sharding = inspect.signature(SFTModule).parameters["sharding"]
     assert sharding.default is None  # -> ShardingSettings()
-    from lightning_modules.sharding import ShardingSettings
+    from lightning_modules.training.sharding import ShardingSettings
 
     assert (ShardingSettings().param_dtype, ShardingSettings().reduce_dtype) == ("bfloat16", "float32")
 
@@ -227,7 +229,7 @@ def test_export_round_trip_matches_logits(suite: Path, tmp_path: Path):
     from datamodules.collate import Collator, build_example
     from datamodules.media import stage_media
     from datamodules.records import load_records
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.model.backbone import VisionLanguageBackbone
 
     result = onethinker(
         "fit",

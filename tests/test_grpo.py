@@ -27,9 +27,9 @@ from datamodules.collate import Collator, build_example
 from datamodules.datamodule import OneThinkerDataModule
 from datamodules.media import PixelBudget, stage_media
 from datamodules.records import load_records
-from lightning_modules.backbone import VisionLanguageBackbone
 from lightning_modules.grpo import GRPOModule
-from lightning_modules.rollout import HFGenerateEngine, Rollouts, repeat_prompts, select_rows
+from lightning_modules.model.backbone import VisionLanguageBackbone
+from lightning_modules.rl.rollout import HFGenerateEngine, Rollouts, repeat_prompts, select_rows
 from tests.conftest import write_bar_video
 from tests.numerics import FLOAT64_MODEL_TOLERANCE, batch_to, float32_sum_atol
 

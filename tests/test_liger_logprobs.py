@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.backbone import gather_token_logprobs
-from lightning_modules.liger_logprobs import liger_available, liger_importable, liger_token_logprobs
+from lightning_modules.model.backbone import gather_token_logprobs
+from lightning_modules.model.liger_logprobs import liger_available, liger_importable, liger_token_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.losses import (
+from lightning_modules.rl.losses import (
     aggregate,
     entropy_from_logits,
     global_counts,

@@ -13,7 +13,7 @@ from datamodules.collate import Collator
 from datamodules.packing import pack_rows, sample_spans, segment_positions
 from datamodules.records import load_records
 from datamodules.synthetic import generate_suite
-from lightning_modules.backbone import VisionLanguageBackbone, packed_position_ids
+from lightning_modules.model.backbone import VisionLanguageBackbone, packed_position_ids
 from lightning_modules.sft import SFTModule
 from tests.numerics import FLOAT64_MODEL_TOLERANCE, FLOAT64_TOLERANCE, batch_to
 from tests.test_sft import examples

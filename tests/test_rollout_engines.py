@@ -17,10 +17,10 @@ from transformers.video_utils import VideoMetadata
 
 from datamodules.collate import Collator, build_example
 from datamodules.records import load_records
-from lightning_modules import vllm_engine
-from lightning_modules.backbone import LoraSettings, VisionLanguageBackbone
-from lightning_modules.processing import build_processor
-from lightning_modules.rollout import (
+from lightning_modules.rl import vllm_engine
+from lightning_modules.model.backbone import LoraSettings, VisionLanguageBackbone
+from lightning_modules.model.processing import build_processor
+from lightning_modules.rl.rollout import (
     HFGenerateEngine,
     RolloutEngine,
     Rollouts,
@@ -28,9 +28,9 @@ from lightning_modules.rollout import (
     pad_completions,
     rollout_seed,
 )
-from lightning_modules.rollout_requests import build_requests, request_seed, sampling_params
-from lightning_modules.vllm_engine import VLLMColocateEngine, completion_tokens
-from lightning_modules.vllm_weights import policy_weights, vllm_name
+from lightning_modules.rl.rollout_requests import build_requests, request_seed, sampling_params
+from lightning_modules.rl.vllm_engine import VLLMColocateEngine, completion_tokens
+from lightning_modules.rl.vllm_weights import policy_weights, vllm_name
 from tests.fake_vllm import ENGINE_LOGPROB, FakeLLM, fake_llm_factory
 from tests.test_backbone import perturb_lora
 from tests.test_grpo import grpo_run, media_files, mixed_prompts, mixed_task_manifest, tiny_media, toy_rewards  # noqa: F401
@@ -357,7 +357,7 @@ def test_truncated_importance_weights_scale_the_gradient(fake_vllm, toy_rewards,
 
 
 def test_truncated_is_weights_and_gap_by_hand():
-    from lightning_modules.losses import logprob_gap, truncated_is_weights
+    from lightning_modules.rl.losses import logprob_gap, truncated_is_weights
 
     old = torch.tensor([[-1.0, -2.0, -0.5]])
     engine = torch.tensor([[-1.5, -1.0, float("nan")]])

@@ -13,7 +13,7 @@ from PIL import Image
 
 from callbacks.rollout_table import COLUMNS, RolloutTableCallback, media_thumbnail
 from lightning_modules.grpo import ScoredPart
-from lightning_modules.rollout import Rollouts
+from lightning_modules.rl.rollout import Rollouts
 
 N = 2  # rollouts per prompt
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datamodules.media import MediaError, read_frames, read_image
-from lightning_modules.sam2_masks import (
+from lightning_modules.eval.sam2_masks import (
     MaskPredictor,
     Sam2MaskPredictor,
     SegmentationPrompt,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.schedules import WarmupSchedule
+from lightning_modules.training.schedules import WarmupSchedule
 
 
 def _rates(schedule: WarmupSchedule, total: int) -> list[float]:

@@ -18,10 +18,10 @@ from datamodules.media import PixelBudget, stage_media
 from datamodules.records import load_records
 from datamodules.synthetic import generate_suite
 from experiments.ablate import read_task_curves
-from lightning_modules.backbone import VisionLanguageBackbone
-from lightning_modules.processing import VISION_TOKENS
-from lightning_modules.schedules import WarmupSchedule
+from lightning_modules.model.backbone import VisionLanguageBackbone
+from lightning_modules.model.processing import VISION_TOKENS
 from lightning_modules.sft import SFTModule
+from lightning_modules.training.schedules import WarmupSchedule
 from tests.numerics import FLOAT64_MODEL_TOLERANCE, batch_to
 
 pytestmark = pytest.mark.numerics  # rerun under a second CPU kernel set (scripts/test.sh)
@@ -111,7 +111,7 @@ def naive_mean_nll(backbone: VisionLanguageBackbone, batch: dict, labels: torch.
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
 def test_labels_cover_exactly_the_assistant_turn(sft_records, tokenizer, family: str):
-    from lightning_modules.processing import build_processor
+    from lightning_modules.model.processing import build_processor
 
     processor = build_processor(family, tokenizer)
     exs = examples(sft_records, family, KINDS)

@@ -12,9 +12,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from lightning_modules.backbone import LoraSettings, VisionLanguageBackbone
-from lightning_modules.sharding import shard_backbone
-from lightning_modules.vllm_weights import policy_weights
+from lightning_modules.model.backbone import LoraSettings, VisionLanguageBackbone
+from lightning_modules.rl.vllm_weights import policy_weights
+from lightning_modules.training.sharding import shard_backbone
 from tests.test_backbone import perturb_lora
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_modules.backbone import VisionLanguageBackbone
+from lightning_modules.model.backbone import VisionLanguageBackbone
 
 # transformers (>= 4.52) module names -> vLLM's (its hf_to_vllm_mapper for both Qwen-VL families).
 VLLM_PREFIXES = (

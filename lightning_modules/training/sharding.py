@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from lightning_modules.backbone import DTYPES, is_sharded
+from lightning_modules.model.backbone import DTYPES, is_sharded
 
 if TYPE_CHECKING:
     import lightning as L
     from torch.distributed.device_mesh import DeviceMesh
 
-    from lightning_modules.backbone import VisionLanguageBackbone
+    from lightning_modules.model.backbone import VisionLanguageBackbone
 
 # Backbone methods that run the model without calling ``backbone.forward``: FSDP runs its root
 # pre/post-forward hooks around them too (Hugging Face ``generate`` calls ``hf_model.forward``).

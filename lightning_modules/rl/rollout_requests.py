@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from datamodules.collate import RowMedia
-from lightning_modules.processing import VISION_TOKENS
+from lightning_modules.model.processing import VISION_TOKENS
 
 # Expanded vision spans, in the text the processor produced; each is folded back to the text the
 # chat template gave it. Qwen3-VL expands one video into "<t seconds><|vision_start|>…<|vision_end|>"

@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 import torch
 
-from lightning_modules.backbone import VisionLanguageBackbone
-from lightning_modules.rollout import RolloutEngine, Rollouts, layout_rollouts, pad_completions
-from lightning_modules.rollout_requests import build_requests, request_seed, sampling_params
-from lightning_modules.vllm_weights import load_into_vllm, policy_weights
+from lightning_modules.model.backbone import VisionLanguageBackbone
+from lightning_modules.rl.rollout import RolloutEngine, Rollouts, layout_rollouts, pad_completions
+from lightning_modules.rl.rollout_requests import build_requests, request_seed, sampling_params
+from lightning_modules.rl.vllm_weights import load_into_vllm, policy_weights
 
 SLEEP_TAGS = ("weights", "kv_cache")  # what vLLM's sleep mode releases and wake_up takes back
 

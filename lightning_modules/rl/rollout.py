@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import torch
 
-from lightning_modules.backbone import VisionLanguageBackbone, decode_responses, response_mask
+from lightning_modules.model.backbone import VisionLanguageBackbone, decode_responses, response_mask
 
 VISION = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
 ROW_LISTS = ("row_media",)  # per-row lists that travel with their rows

@@ -1,7 +1,7 @@
 """Per-token log-probabilities through Liger-Kernel's fused linear cross-entropy (optional, GPU).
 
 `liger_token_logprobs` is the GPU counterpart of the fused path of
-`lightning_modules.backbone.gather_token_logprobs` (temperature 1, no entropy): log p(target) for rows
+`lightning_modules.model.backbone.gather_token_logprobs` (temperature 1, no entropy): log p(target) for rows
 of ``hidden`` [N, H] against an ``lm_head`` weight [V, H], with gradients to both, without ever
 holding more than a chunk of [N, V] logits. Liger's Triton kernel computes the loss and the logits'
 gradient (softmax − one-hot) in one pass over each chunk, in place.

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lightning_modules.advantages import group_statistics
+from lightning_modules.rl.advantages import group_statistics
 
 TIE_STD = 0.05
 AMPLIFIED_ABOVE = 1.0

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from datamodules.packing import sample_spans, segment_positions, unpack_rows
-from lightning_modules.processing import build_processor, vision_token_ids
+from lightning_modules.model.processing import build_processor, vision_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def gather_token_logprobs(
     fused = temperature == 1.0 and not with_entropy
     liger_fits = hidden.is_cuda and hidden.dtype != torch.float64 and isinstance(lm_head, nn.Linear)
     if fused and fused_loss != "torch" and liger_fits:
-        from lightning_modules.liger_logprobs import liger_available, liger_token_logprobs
+        from lightning_modules.model.liger_logprobs import liger_available, liger_token_logprobs
 
         if fused_loss == "liger" or liger_available():  # Liger's fused linear cross-entropy (CUDA)
             return liger_token_logprobs(hidden, lm_head.weight, targets, bias=lm_head.bias)
@@ -195,7 +195,7 @@ class VisionLanguageBackbone(nn.Module):
 
         self.name_or_path, self.logprob_chunk_size = model_name_or_path, logprob_chunk_size
         if fused_loss == "liger":
-            from lightning_modules.liger_logprobs import INSTALL_HINT, liger_available
+            from lightning_modules.model.liger_logprobs import INSTALL_HINT, liger_available
 
             if not liger_available():
                 raise ImportError(f"fused_loss='liger' needs CUDA and liger-kernel: {INSTALL_HINT}")
@@ -214,8 +214,8 @@ class VisionLanguageBackbone(nn.Module):
         }
         attn = resolve_attention(attn_implementation)
         if model_name_or_path == "tiny":
-            from lightning_modules.presets import tiny_config
-            from lightning_modules.processing import qwen_tokenizer, synthetic_tokenizer
+            from lightning_modules.model.presets import tiny_config
+            from lightning_modules.model.processing import qwen_tokenizer, synthetic_tokenizer
 
             tokenizer = synthetic_tokenizer() if tiny_vocab == "synthetic" else qwen_tokenizer()
             config = tiny_config(family, tiny_hidden, tiny_layers, **_vocab_args(tokenizer, tiny_vocab))

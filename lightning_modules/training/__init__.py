@@ -1,0 +1,1 @@
+"""Shared by the three modules: sharding (FSDP2), atomic checkpoints, schedules, step logging."""
