@@ -34,9 +34,9 @@ from callbacks.task_reward_stats import TaskRewardStatsCallback
 from datamodules.collate import Collator, build_example
 from datamodules.media import stage_media
 from datamodules.records import load_records
-from lightning_modules.rl import vllm_engine
 from lightning_modules.grpo import GRPOModule
 from lightning_modules.model.backbone import VisionLanguageBackbone
+from lightning_modules.rl import vllm_engine
 from lightning_modules.rl.rollout import (
     HFGenerateEngine,
     RolloutEngine,

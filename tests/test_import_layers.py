@@ -69,7 +69,9 @@ def test_import_directions() -> None:
 
 def test_a_wrong_import_is_found(tmp_path: Path) -> None:
     file = tmp_path / "wrong.py"
-    file.write_text("def f():\n    from lightning_modules.grpo import GRPOModule\n    import experiments.cli\n")
+    file.write_text(
+        "def f():\n    from lightning_modules.grpo import GRPOModule\n    import experiments.cli\n"
+    )
     assert imported_layers(file) == {"lightning_modules.grpo", "experiments"}
     file.write_text("from lightning_modules.rl import vllm_engine\nfrom rewards import score\n")
     assert imported_layers(file) == {"lightning_modules.rl", "rewards"}

@@ -17,9 +17,9 @@ from transformers.video_utils import VideoMetadata
 
 from datamodules.collate import Collator, build_example
 from datamodules.records import load_records
-from lightning_modules.rl import vllm_engine
 from lightning_modules.model.backbone import LoraSettings, VisionLanguageBackbone
 from lightning_modules.model.processing import build_processor
+from lightning_modules.rl import vllm_engine
 from lightning_modules.rl.rollout import (
     HFGenerateEngine,
     RolloutEngine,
