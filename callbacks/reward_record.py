@@ -1,6 +1,6 @@
 """`RewardRecordCallback`: every RL step's kept groups (task, rewards, response tokens), the EMA state
 before the step and the advantages, one JSON line per step, for the counterfactual ablation
-(`onethinker ablate --counterfactual`: all three estimators recomputed on the same rollouts)."""
+(`onethinker ablate --counterfactual true`: all three estimators recomputed on the same rollouts)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from experiments.compose import compose, logger_entries, short_class
 
 METRIC = "train/reward/overall"
 ALL_TASKS = "all"  # the curve of `METRIC` itself (every task pooled)
@@ -50,37 +51,17 @@ def seed_list(seeds: Sequence[int] | int) -> list[int]:
     return out
 
 
-def _logger_entries(value: Any) -> list[dict[str, Any]]:
-    if isinstance(value, dict):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, dict)]
-    return []
+def configured_trainer(configs: Sequence[str | Path], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``trainer`` section the configs and overrides give, merged by the LightningCLI parser."""
+    return compose(configs, overrides)["trainer"]
 
 
-def configured_wandb(configs: Sequence[str | Path]) -> dict[str, Any] | None:
-    """``init_args`` of the WandbLogger the configs set up (the last config that sets ``trainer.logger``
-    wins, as in LightningCLI), or ``None`` when they configure none."""
-    loggers: list[dict[str, Any]] = []
-    for path in configs:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        trainer = data.get("trainer") or {}
-        if "logger" in trainer:
-            loggers = _logger_entries(trainer["logger"])
-    for entry in loggers:
-        if str(entry.get("class_path", "")).split(".")[-1] == "WandbLogger":
+def configured_wandb(trainer: dict[str, Any]) -> dict[str, Any] | None:
+    """``init_args`` of the composed trainer's WandbLogger, or ``None`` when it has none."""
+    for entry in logger_entries(trainer):
+        if short_class(entry) == "WandbLogger":
             return dict(entry.get("init_args") or {})
     return None
-
-
-def configured_callbacks(configs: Sequence[str | Path]) -> list[dict[str, Any]] | None:
-    """``trainer.callbacks`` as the configs set it (the last config that sets it wins), or ``None``."""
-    callbacks = None
-    for path in configs:
-        trainer = (yaml.safe_load(Path(path).read_text()) or {}).get("trainer") or {}
-        if "callbacks" in trainer:
-            callbacks = _logger_entries(trainer["callbacks"])
-    return callbacks
 
 
 def run_callbacks(callbacks: list[dict[str, Any]] | None, run_dir: str | Path) -> list[dict[str, Any]] | None:
@@ -91,7 +72,7 @@ def run_callbacks(callbacks: list[dict[str, Any]] | None, run_dir: str | Path) -
     moved, out = False, []
     for cb in callbacks:
         init = dict(cb.get("init_args") or {})
-        if str(cb.get("class_path", "")).split(".")[-1] == "ModelCheckpoint" and init.get("dirpath"):
+        if short_class(cb) == "ModelCheckpoint" and init.get("dirpath"):
             init["dirpath"] = str(Path(run_dir) / "checkpoints")
             cb = {**cb, "init_args": init}
             moved = True
@@ -135,7 +116,7 @@ def build_fit_args(
 ) -> list[str]:
     """``onethinker fit`` arguments of one run (the extra overrides come before the ablation's own).
 
-    ``wandb_args`` / ``callbacks``: what the configs set (`configured_wandb`, `configured_callbacks`).
+    ``wandb_args`` / ``callbacks``: what the composed configs set (`configured_wandb`, ``trainer.callbacks``).
     """
     args = ["fit"]
     for c in configs:
@@ -262,8 +243,8 @@ def run_ablation(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or out_dir.resolve().name
-    wandb_args = configured_wandb(configs)
-    callbacks = configured_callbacks(configs)
+    trainer = configured_trainer(configs, extra_args)
+    wandb_args, callbacks = configured_wandb(trainer), trainer.get("callbacks")
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "offline")
     if threads is not None:  # one intra-op pool per run: parallel runs must not oversubscribe the cores

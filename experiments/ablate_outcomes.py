@@ -5,7 +5,7 @@ reference estimator (EMA-GRPO) on the seeds both ran.
 
 Enable the evaluation in the ablated recipe, e.g. ``-- --trainer.limit_val_batches=1.0
 --trainer.val_check_interval=8`` (every 8 RL steps). With the starting model evaluated per seed
-(``ablate --evaluate-start``), each estimator's gain over it is reported too, paired on the seed (the
+(``ablate --evaluate_start true``), each estimator's gain over it is reported too, paired on the seed (the
 sampled evaluation draws with the run's seed), and the held-out curves start from it.
 """
 

@@ -6,7 +6,7 @@ those rewards (EMA-GRPO's statistics replayed step by step from the run's first 
 each estimator's per-task advantage-mass share and amplified-group fraction are averaged over the
 steps. Sampling noise is the same for all three, so differences are the estimators' own.
 
-    onethinker ablate --counterfactual --out outputs/ablation [--advantages ...] [--seeds ...]
+    onethinker ablate --counterfactual true --out outputs/ablation [--advantages ...] [--seeds ...]
 """
 
 from __future__ import annotations

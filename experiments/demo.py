@@ -23,6 +23,7 @@ from datamodules.media import stage_media
 from datamodules.prompts import build_prompt
 from datamodules.records import load_records
 from datamodules.synthetic import generate_suite
+from experiments.compose import compose, logger_entries, short_class
 from lightning_modules.model.processing import build_processor
 
 CONFIGS = Path(__file__).resolve().parent
@@ -70,18 +71,19 @@ def show_batches(paths: dict[str, Path]) -> None:
 
 
 def _overrides(out: Path, recipe: Path, name: str, data: dict[str, Any], trainer: dict[str, Any]) -> Path:
-    """A last ``--config`` that points a demo recipe's data, logs and checkpoints at ``out``."""
-    logger = yaml.safe_load(SHARED[1].read_text())["trainer"]["logger"]
+    """A last ``--config`` that points a demo recipe's data, logs and checkpoints at ``out``; the
+    loggers and callbacks it edits are those the LightningCLI parser composes from the configs."""
+    composed = compose([*SHARED, recipe])["trainer"]
+    logger = logger_entries(composed)
     for entry in logger:
         entry["init_args"]["save_dir"] = str(out)
-        if entry["class_path"].endswith("WandbLogger"):
-            entry["init_args"]["name"] = f"demo-{name}"
-            entry["init_args"]["tags"] = ["demo", name, "tiny"]
+        if short_class(entry) == "WandbLogger":
+            entry["init_args"].update(name=f"demo-{name}", tags=["demo", name, "tiny"])
         else:
             entry["init_args"]["name"] = f"csv-{name}"
-    callbacks = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"]
+    callbacks = composed.get("callbacks") or []
     for entry in callbacks:
-        if entry["class_path"].endswith("ModelCheckpoint"):
+        if short_class(entry) == "ModelCheckpoint":
             entry["init_args"]["dirpath"] = str(out / f"{name}_checkpoints")
     path = out / f"demo_{name}_overrides.yaml"
     config = {

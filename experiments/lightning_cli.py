@@ -99,13 +99,17 @@ class OneThinkerCLI(LightningCLI):
             self.datamodule.connect(backbone.processor)
 
 
-def run_lightning_cli(argv: Sequence[str]) -> OneThinkerCLI:
-    return OneThinkerCLI(
-        datamodule_class=OneThinkerDataModule,
-        subclass_mode_model=True,
-        save_config_kwargs={"overwrite": True},
-        args=list(argv),
-    )
+def run_lightning_cli(argv: Sequence[str], cli_class: type[OneThinkerCLI] = OneThinkerCLI) -> OneThinkerCLI:
+    import warnings
+
+    with warnings.catch_warnings():  # main() always passes the arguments it read from sys.argv itself
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return cli_class(
+            datamodule_class=OneThinkerDataModule,
+            subclass_mode_model=True,
+            save_config_kwargs={"overwrite": True},
+            args=list(argv),
+        )
 
 
 def config_error(argv: Sequence[str]) -> str | None:

@@ -17,7 +17,7 @@ from experiments.ablate import (
     build_fit_args,
     build_validate_args,
     collect_curves,
-    configured_callbacks,
+    configured_trainer,
     configured_wandb,
     final_rewards,
     markdown_table,
@@ -183,6 +183,9 @@ def write_configs(tmp_path: Path) -> list[Path]:
         "      init_args: {dirpath: outputs/fixed, save_last: true}\n"
         "model:\n"
         "  class_path: lightning_modules.grpo.GRPOModule\n"
+        "  init_args:\n    backbone:\n"
+        "      class_path: lightning_modules.model.backbone.VisionLanguageBackbone\n"
+        "      init_args: {model_name_or_path: tiny}\n"
     )
     return [base, recipe]
 
@@ -190,8 +193,9 @@ def write_configs(tmp_path: Path) -> list[Path]:
 def test_build_fit_args(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     configs = write_configs(tmp_path)
-    wandb_args, callbacks = configured_wandb(configs), configured_callbacks(configs)
-    assert wandb_args["project"] == "p"
+    trainer = configured_trainer(configs)  # merged by the LightningCLI parser: the recipe's callbacks win
+    wandb_args, callbacks = configured_wandb(trainer), trainer["callbacks"]
+    assert wandb_args["project"] == "p" and wandb_args["group"] == "g"
     assert [c["class_path"].split(".")[-1] for c in callbacks] == [
         "TaskRewardStatsCallback",
         "ModelCheckpoint",
@@ -227,7 +231,7 @@ def test_build_fit_args(tmp_path, monkeypatch):
     )
     assert w["tags"] == ["demo", "ablation", "dr_grpo"]
     cbs = json.loads(flag(args, "--trainer.callbacks"))
-    assert cbs[1]["init_args"] == {"dirpath": str(run_dir / "checkpoints"), "save_last": True}
+    assert cbs[1]["init_args"]["dirpath"] == str(run_dir / "checkpoints") and cbs[1]["init_args"]["save_last"]
 
     monkeypatch.setenv("WANDB_MODE", "online")
     online = build_fit_args(configs, "grpo", 0, run_dir, "abl", [], wandb_args, None)
@@ -387,23 +391,24 @@ def test_cli_ablate_subcommand(monkeypatch, tmp_path, capsys):
     rc = cli.main(
         [
             "ablate",
-            "--config",
-            "a.yaml",
-            "--config",
-            "b.yaml",
+            "--configs",
+            "[a.yaml, b.yaml]",
             "--advantages",
-            "grpo,ema_grpo",
+            "[grpo, ema_grpo]",
             "--seeds",
             "2",
             "--out",
             "o",
-            "--last-k",
+            "--last_k",
             "3",
             "--parallel",
             "2",
             "--threads",
             "1",
-            "--evaluate-start",
+            "--evaluate_start",
+            "true",
+            "--heldout_at",
+            "7",
             "--",
             "--trainer.max_steps=5",
             "--data.batch_size",
@@ -412,20 +417,24 @@ def test_cli_ablate_subcommand(monkeypatch, tmp_path, capsys):
     )
     assert rc == 0
     assert seen["configs"] == ["a.yaml", "b.yaml"] and seen["advantages"] == ["grpo", "ema_grpo"]
-    assert seen["seeds"] == 2 and seen["out"] == "o" and seen["last_k"] == 3
+    assert seen["seeds"] == [0, 1] and seen["out"] == "o" and seen["last_k"] == 3
     assert seen["parallel"] == 2 and seen["threads"] == 1 and seen["evaluate_start"] is True
+    assert seen["heldout_at"] == [7] and seen["skip_done"] is False
     assert seen["extra"] == ["--trainer.max_steps=5", "--data.batch_size", "2"]
-    assert cli.main(["ablate", "--config", "a.yaml", "--seeds", "0", "--out", "o"]) == 2
+    assert cli.main(["ablate", "--configs", "[a.yaml]", "--seeds", "0", "--out", "o"]) == 2
     assert "need at least one seed" in capsys.readouterr().err
-    cli.main(["ablate", "--config", "a.yaml", "--seeds", "3,7", "--out", "o"])
-    assert (
-        seen["seeds"] == [3, 7]
-        and seen["advantages"] == ["grpo", "dr_grpo", "ema_grpo"]
-        and seen["extra"] == []
+    cli.main(
+        ["ablate", "--configs+", "a.yaml", "--advantages", "ema_grpo", "--seeds", "[3, 7]", "--out", "o"]
     )
+    assert seen["configs"] == ["a.yaml"] and seen["seeds"] == [3, 7] and seen["advantages"] == ["ema_grpo"]
+    assert seen["extra"] == []
+    assert cli.main(["ablate", "--out", "o"]) == 2
+    assert "--configs is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not an estimator: jsonargparse names the flag and the choices
+        cli.main(["ablate", "--configs", "[a.yaml]", "--advantages", "ppo", "--out", "o"])
+    assert "advantages" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_fit_args_parse_in_lightning_cli(tmp_path, capsys, monkeypatch):
     """The generated overrides are accepted by the real LightningCLI and replace the configs' loggers."""
     from experiments.lightning_cli import run_lightning_cli
@@ -433,12 +442,7 @@ def test_fit_args_parse_in_lightning_cli(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.argv", ["onethinker"])
 
     configs = write_configs(tmp_path)
-    (tmp_path / "model.yaml").write_text(
-        "model:\n  class_path: lightning_modules.grpo.GRPOModule\n  init_args:\n    backbone:\n"
-        "      class_path: lightning_modules.model.backbone.VisionLanguageBackbone\n"
-        "      init_args: {model_name_or_path: tiny}\n"
-    )
-    configs.append(tmp_path / "model.yaml")
+    trainer = configured_trainer(configs, ["--trainer.max_steps=3"])
     run_dir = tmp_path / "out" / "grpo" / "seed4"
     args = build_fit_args(
         configs,
@@ -447,8 +451,8 @@ def test_fit_args_parse_in_lightning_cli(tmp_path, capsys, monkeypatch):
         run_dir,
         "abl",
         ["--trainer.max_steps=3"],
-        configured_wandb(configs),
-        configured_callbacks(configs),
+        configured_wandb(trainer),
+        trainer["callbacks"],
     )
     with pytest.raises(SystemExit):
         run_lightning_cli([args[0], "--print_config", *args[1:]])

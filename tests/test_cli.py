@@ -12,8 +12,9 @@ from experiments.cli import main
 
 
 def test_synth_then_data_check_passes(tmp_path: Path, capsys):
-    assert main(["synth", "--out", str(tmp_path), "--per-task", "1", "--seed", "3"]) == 0
-    assert main(["data", "check", str(tmp_path / "rl.json"), str(tmp_path / "eval.json")]) == 0
+    assert main(["synth", "--out", str(tmp_path), "--per_task", "1", "--seed", "3"]) == 0
+    both = json.dumps([str(tmp_path / "rl.json"), str(tmp_path / "eval.json")])
+    assert main(["data", "check", both]) == 0
     out = capsys.readouterr().out
     assert "(rl): 16 valid records, 0 invalid, 0 bad media" in out
     assert "(eval): 16 valid records" in out
@@ -21,7 +22,7 @@ def test_synth_then_data_check_passes(tmp_path: Path, capsys):
 
 
 def test_data_check_reports_invalid_records_and_bad_media(tmp_path: Path, capsys):
-    main(["synth", "--out", str(tmp_path), "--per-task", "1"])
+    main(["synth", "--out", str(tmp_path), "--per_task", "1"])
     records = json.loads((tmp_path / "rl.json").read_text())
     records[0]["problem_type"] = "captioning"
     video = next(i for i, r in enumerate(records) if r["data_type"] == "video")
