@@ -22,7 +22,9 @@ class _ComposeOnly(OneThinkerCLI):
     """Parses and validates, then stops before any class is instantiated or any folder is touched."""
 
     def before_instantiate_classes(self) -> None:
-        raise _Composed(yaml.safe_load(self.parser.dump(self.config, skip_check=True))[self.subcommand])
+        raise _Composed(
+            yaml.safe_load(self.parser.dump(self.config, skip_check=True, skip_none=False))[self.subcommand]
+        )
 
 
 def compose(

@@ -106,12 +106,13 @@ def test_bad_input_names_the_run(ablation_dir: Path, tmp_path: Path):
         "experiments.cli",
         "ablate",
         "--counterfactual",
+        "true",
         "--out",
         str(ablation_dir),
         "--advantages",
         "grpo",
         "--seeds",
-        "0,1",
+        "[0, 1]",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "run grpo seed 1 is missing" in proc.stderr

@@ -73,3 +73,24 @@ def test_stage_timer_sums_the_stages(monkeypatch):
     assert lines[0].split() == ["a", "0", "min", "3.5", "s"]
     assert lines[1].split() == ["b", "1", "min", "0.3", "s"]
     assert lines[2].split() == ["total", "1", "min", "3.8", "s"]
+
+
+def test_demo_overrides_move_logs_and_checkpoints_under_out(tmp_path: Path):
+    """The demo's last config, composed by the LightningCLI parser after the recipe: loggers and the
+    checkpoint folder under ``out``, the recipe's other callbacks kept, data and steps overridden."""
+    from experiments.compose import compose, logger_entries, short_class
+
+    recipe = demo.CONFIGS / "demo" / "sft.yaml"
+    before = compose([*demo.SHARED, recipe])["trainer"]
+    last = demo._overrides(tmp_path, recipe, "sft", {"train_manifests": ["x.json"]}, {"max_steps": 3})
+    composed = compose([*demo.SHARED, recipe, last])
+    trainer = composed["trainer"]
+    loggers = {short_class(e): e["init_args"] for e in logger_entries(trainer)}
+    assert set(loggers) == {"WandbLogger", "CSVLogger"}
+    assert {lg["save_dir"] for lg in loggers.values()} == {str(tmp_path)}
+    assert (loggers["WandbLogger"]["name"], loggers["CSVLogger"]["name"]) == ("demo-sft", "csv-sft")
+    assert [short_class(c) for c in trainer["callbacks"]] == [short_class(c) for c in before["callbacks"]]
+    checkpoint = next(c for c in trainer["callbacks"] if short_class(c) == "ModelCheckpoint")
+    assert checkpoint["init_args"]["dirpath"] == str(tmp_path / "sft_checkpoints")
+    assert trainer["max_steps"] == 3 and trainer["default_root_dir"] == str(tmp_path)
+    assert composed["data"]["train_manifests"] == ["x.json"] and composed["data"]["synthetic_suite"] is None

@@ -6,7 +6,8 @@
 - other ``onethinker`` subcommands (synth, data check, export, ablate, demo): the command line parses
   with their typed jsonargparse parser (flags, values and types), without running anything.
 - ``bash scripts/…``: the script exists and ``bash -n`` accepts it.
-The demo itself runs end to end in CI through ``scripts/demo.sh`` (tests/test_demo.py).
+The demo runs end to end by ``scripts/demo.sh``; tests/test_demo.py checks its stages and the
+config it composes.
 """
 
 from __future__ import annotations
