@@ -15,15 +15,19 @@ from typing import Any
 
 from jsonargparse import ArgumentParser
 
-from experiments import commands
 
-SUBCOMMANDS = {
-    "synth": commands.synth,
-    "data": {"check": commands.data_check},
-    "demo": commands.demo,
-    "export": commands.export,
-    "ablate": commands.ablate,
-}
+def subcommands() -> dict[str, Any]:
+    """The typed functions behind the subcommands (imported here: ``fit`` never needs them)."""
+    from experiments import commands
+    from experiments.demo import run_demo
+
+    return {
+        "synth": commands.synth,
+        "data": {"check": commands.data_check},
+        "demo": run_demo,
+        "export": commands.export,
+        "ablate": commands.ablate,
+    }
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -53,22 +57,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from experiments.export import CheckpointError
 
     parsed = build_parser().parse_args(with_passthrough(argv)).as_dict()
-    node: Any = SUBCOMMANDS
+    node: Any = subcommands()
     while isinstance(node, dict):
         name = parsed["subcommand"]
         node, parsed = node[name], parsed[name]
     try:
-        return node(**parsed)
+        result = node(**parsed)
     except (ManifestError, RecordError, CheckpointError) as err:  # the user's file: one line, no traceback
         print(f"onethinker {argv[0] if argv else ''}: {err}", file=sys.stderr)
         return 2
+    return result if isinstance(result, int) else 0
 
 
 def build_parser() -> ArgumentParser:
     """Flags, positionals and help of every subcommand, from the functions' signatures and docstrings:
     required positional parameters are positional, keyword-only ones are required flags."""
     parser = ArgumentParser(prog="onethinker", description=__doc__)
-    add_subcommands(parser, SUBCOMMANDS)
+    add_subcommands(parser, subcommands())
     return parser
 
 

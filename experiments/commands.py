@@ -1,6 +1,6 @@
 """The ``onethinker`` subcommands besides the LightningCLI ones, as typed functions: jsonargparse builds
 their flags and ``--help`` from these signatures and docstrings (``experiments/cli.py``). Each returns
-the process exit code."""
+the process exit code (``demo`` is ``experiments.demo.run_demo`` itself)."""
 
 from __future__ import annotations
 
@@ -57,43 +57,6 @@ def data_check(
         print(report.render())
         ok &= report.ok
     return 0 if ok else 1
-
-
-def demo(
-    out: str = "outputs/demo",
-    per_task: int = 4,
-    seed: int = 0,
-    sft_steps: int | None = None,
-    grpo_steps: int | None = None,
-    sft_threads: int = 2,
-    rl_threads: int = 1,
-    sft_only: bool = False,
-) -> int:
-    """The Quickstart demo on the synthetic suite: SFT, export, EMA-GRPO, rewards before and after.
-
-    Args:
-        out: output folder (suite, checkpoints, logs, exported models).
-        per_task: synthetic samples per (problem_type, data_type).
-        seed: the suite's seed.
-        sft_steps: override the demo SFT run's ``max_steps``.
-        grpo_steps: override the demo EMA-GRPO run's ``max_steps`` (updates, 4 per RL step).
-        sft_threads: torch threads in SFT.
-        rl_threads: torch threads in evaluation and EMA-GRPO (generation).
-        sft_only: stop after SFT and export (the start of ``ablate`` on the demo).
-    """
-    from experiments.demo import run_demo
-
-    run_demo(
-        out,
-        per_task=per_task,
-        seed=seed,
-        sft_steps=sft_steps,
-        grpo_steps=grpo_steps,
-        sft_threads=sft_threads,
-        rl_threads=rl_threads,
-        sft_only=sft_only,
-    )
-    return 0
 
 
 def export(checkpoint: str, *, out: str) -> int:

@@ -191,7 +191,7 @@ class StageTimer:
 
 
 def run_demo(
-    out: str | Path,
+    out: str = "outputs/demo",
     per_task: int = 4,
     seed: int = 0,
     sft_steps: int | None = None,
@@ -200,11 +200,19 @@ def run_demo(
     rl_threads: int = 1,
     sft_only: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """The whole recipe; prints and returns the rewards before and after RL (``{}`` with ``sft_only``:
-    the suite, SFT and the export only).
+    """The Quickstart demo on the synthetic suite: SFT, export, EMA-GRPO, rewards before and after.
 
-    ``sft_threads`` and ``rl_threads`` are torch's intra-op threads in SFT and in the generation-bound
-    stages (evaluation, EMA-GRPO); the defaults were the fastest on a 2-core machine (benchmarks/README.md).
+    Prints and returns the rewards before and after RL (``{}`` with ``sft_only``).
+
+    Args:
+        out: output folder (suite, checkpoints, logs, exported models).
+        per_task: synthetic samples per (problem_type, data_type).
+        seed: the suite's seed.
+        sft_steps: override the demo SFT run's ``max_steps``.
+        grpo_steps: override the demo EMA-GRPO run's ``max_steps`` (updates, 4 per RL step).
+        sft_threads: torch intra-op threads in SFT (the fastest on a 2-core machine: benchmarks/README.md).
+        rl_threads: torch threads in the generation-bound stages (evaluation, EMA-GRPO).
+        sft_only: stop after SFT and export (the start of ``ablate`` on the demo).
     """
     import torch
 

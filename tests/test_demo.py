@@ -94,3 +94,20 @@ def test_demo_overrides_move_logs_and_checkpoints_under_out(tmp_path: Path):
     assert checkpoint["init_args"]["dirpath"] == str(tmp_path / "sft_checkpoints")
     assert trainer["max_steps"] == 3 and trainer["default_root_dir"] == str(tmp_path)
     assert composed["data"]["train_manifests"] == ["x.json"] and composed["data"]["synthetic_suite"] is None
+
+
+def test_the_demo_subcommand_passes_its_typed_flags(monkeypatch, tmp_path: Path):
+    from experiments.cli import main
+
+    calls = {}
+    monkeypatch.setattr(demo, "generate_suite", lambda out, **kw: calls.update(suite=(out, kw)) or {})
+    monkeypatch.setattr(demo, "show_batches", lambda paths: None)
+    monkeypatch.setattr(demo, "run_sft_demo", lambda out, paths, steps: calls.update(sft=(out, steps)))
+    threads = torch.get_num_threads()
+    try:
+        argv = ["demo", "--out", str(tmp_path), "--per_task", "2", "--seed", "5", "--sft_steps", "7"]
+        assert main([*argv, "--sft_only", "true", "--sft_threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert calls["suite"] == (tmp_path / "synthetic", {"per_task": 2, "seed": 5})
+    assert calls["sft"] == (tmp_path, 7)
