@@ -28,17 +28,6 @@ def threshold_key(prefix: str, t: float) -> str:
     return f"{prefix}@{t:g}"
 
 
-def add_iou_threshold_state(metric: NanPredictionCount, thresholds: Sequence[float]) -> None:
-    """The summed state of a mean-IoU-with-thresholds metric (grounding recall, tracking AO/SR): the
-    thresholds and their buffer, ``iou_sum``, ``count``, ``hits`` per threshold and the NaN count."""
-    metric.thresholds = check_thresholds(thresholds)
-    metric.register_buffer("_thr", torch.tensor(metric.thresholds, dtype=torch.float64), persistent=False)
-    metric.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-    metric.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-    metric.add_state("hits", torch.zeros(len(metric.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
-    metric._add_nan_state()
-
-
 class NanPredictionCount(Metric):
     """Mixin state `num_nan_preds`: NaN prediction rows that were scored as IoU 0."""
 
@@ -51,3 +40,25 @@ class NanPredictionCount(Metric):
         """NaN prediction rows scored so far, summed over all processes."""
         with self.sync_context():
             return self.num_nan_preds.clone()
+
+
+class IoUThresholdMetric(NanPredictionCount):
+    """The summed state of a mean-IoU-with-thresholds metric (grounding recall, tracking AO/SR): the
+    thresholds and their buffer, ``iou_sum``, ``count``, ``hits`` per threshold and the NaN count."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    iou_sum: Tensor
+    count: Tensor
+    hits: Tensor
+
+    def __init__(self, thresholds: Sequence[float], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.thresholds = check_thresholds(thresholds)
+        self.register_buffer("_thr", torch.tensor(self.thresholds, dtype=torch.float64), persistent=False)
+        self.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("hits", torch.zeros(len(self.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
+        self._add_nan_state()

@@ -6,26 +6,14 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from metrics._common import NanPredictionCount, add_iou_threshold_state, threshold_key
+from metrics._common import IoUThresholdMetric, threshold_key
 from metrics.boxes import BOX_FORMATS, check_boxes, span_iou, to_xyxy, xyxy_iou
 
 
-class _MeanIoURecall(NanPredictionCount):
-    """Shared state: IoU sum, sample count, hits (IoU >= t) per threshold, NaN-prediction count."""
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    iou_sum: Tensor
-    count: Tensor
-    hits: Tensor
+class _MeanIoURecall(IoUThresholdMetric):
+    """mIoU and recall at each threshold (IoU >= t) over samples."""
 
     _prefix = "R"
-
-    def __init__(self, thresholds: Sequence[float], **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        add_iou_threshold_state(self, thresholds)
 
     def _add(self, iou: Tensor, nan_rows: Tensor) -> None:
         iou = iou.masked_fill(nan_rows, 0.0)

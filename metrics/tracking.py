@@ -8,13 +8,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from metrics._common import NanPredictionCount, add_iou_threshold_state, threshold_key
+from metrics._common import IoUThresholdMetric, threshold_key
 from metrics.boxes import BOX_FORMATS, check_boxes, got10k_clip, got10k_iou, to_xywh, to_xyxy, xyxy_iou
 
 PROTOCOLS = ("got10k", "onethinker")
 
 
-class AverageOverlap(NanPredictionCount):
+class AverageOverlap(IoUThresholdMetric):
     """AO and success rates of tracked boxes, one sequence per `update`.
 
     `protocol="got10k"` follows the official toolkit (`ExperimentGOT10k.report`): frame 0 and frames
@@ -30,14 +30,6 @@ class AverageOverlap(NanPredictionCount):
     ones. Target boxes must be finite.
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    iou_sum: Tensor
-    count: Tensor
-    hits: Tensor
-
     def __init__(
         self,
         box_format: str = "xywh",
@@ -45,14 +37,13 @@ class AverageOverlap(NanPredictionCount):
         thresholds: Sequence[float] = (0.5, 0.75),
         **kwargs: object,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(thresholds, **kwargs)  # got10k: sums over frames; onethinker: over videos
         if box_format not in BOX_FORMATS:
             raise ValueError(f"`box_format` must be one of {BOX_FORMATS}, got {box_format!r}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"`protocol` must be one of {PROTOCOLS}, got {protocol!r}")
         self.box_format = box_format
         self.protocol = protocol
-        add_iou_threshold_state(self, thresholds)  # got10k: sums over frames; onethinker: over videos
 
     def update(
         self,
