@@ -213,30 +213,15 @@ def run_ablation(
 ) -> dict[str, Any]:
     """Run ``onethinker fit`` for every advantage × seed, then plot and tabulate per-task rewards.
 
-    Args:
-        configs: the LightningCLI configs of one run (a GRPOModule recipe), in order.
-        advantages: estimators to compare (``GRPOModule``'s ``advantage`` flag).
-        seeds: a list of seeds, or a count ``N`` for seeds ``0..N-1``.
-        out: output folder: ``<out>/<advantage>/seed<seed>/`` per run, plus the plot and the table.
-        extra_args: further ``onethinker fit`` overrides, passed to every run.
-        name: the ablation's name: the W&B group (default: the name of ``out``).
-        last_k: the final reward of a run is the mean of its last ``last_k`` logged values.
-        skip_done: keep runs that already finished (their ``DONE`` marker exists) instead of rerunning.
-        parallel: runs at a time (each its own process).
-        threads: torch intra-op threads per run (``OMP_NUM_THREADS``); with ``parallel`` runs, at most
-            cores / parallel.
-        evaluate_start: first evaluate the starting model on the held-out manifest once per seed
-            (``onethinker validate``, ``<out>/start/seed<seed>``), so ``ablation_heldout.md`` reports
-            each estimator's gain over it on the same seeds.
-        heldout_at: logged steps at which the held-out outcomes are also tabulated (an evaluation after
-            RL step k is logged at step k − 1).
+    The arguments are those of ``onethinker ablate`` (``experiments.commands.ablate``, where each is
+    documented); ``extra_args`` are its ``overrides`` and ``seeds`` may also be a count ``N``.
 
     Returns:
         ``{"name", "out", "runs": [{advantage, seed, dir, returncode, seconds, log}], "failed": [...],
         "final": {task: {advantage: {"mean", "std", "n"}}}, "plot", "table"}``.
     """
     if not configs:
-        raise ValueError("ablate: at least one --config is required")
+        raise ValueError("ablate: at least one config is required (--configs)")
     if not advantages:
         raise ValueError("ablate: at least one advantage is required")
     seeds = seed_list(seeds)
