@@ -97,3 +97,28 @@ def test_scripts_exist_and_parse(command: list[str]):
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     for flag in (w for w in command[2:] if w.startswith("--")):
         assert flag in script.read_text(), f"{script.name} does not handle {flag}"
+
+
+def script_commands() -> list[list[str]]:
+    """The ``onethinker`` subcommand lines of ``scripts/*.sh`` (not fit, which the README covers), with
+    shell variables replaced by a placeholder and ``"$@"`` dropped."""
+    commands = []
+    for script in sorted((ROOT / "scripts").glob("*.sh")):
+        text = script.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            line = re.sub(r"\$\{?\w+(:-[^}]*)?\}?", "VALUE", line.replace('"$@"', "")).strip()
+            if line.startswith("onethinker ") and not line.startswith(("onethinker fit", "onethinker test")):
+                commands.append(shlex.split(line, comments=True)[1:])
+    return commands
+
+
+SCRIPT_COMMANDS = script_commands()
+
+
+def test_scripts_have_the_commands_this_file_checks():
+    assert {c[0] for c in SCRIPT_COMMANDS} >= {"demo", "ablate"}
+
+
+@pytest.mark.parametrize("args", SCRIPT_COMMANDS, ids=lambda a: " ".join(a)[:80])
+def test_script_subcommands_parse(args: list[str]):
+    test_other_subcommands_parse(args)
