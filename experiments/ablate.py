@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.compose import compose, logger_entries, short_class
+from experiments.compose import compose, logger_entries, redirect_checkpoints, short_class
 
 METRIC = "train/reward/overall"
 ALL_TASKS = "all"  # the curve of `METRIC` itself (every task pooled)
@@ -67,17 +67,7 @@ def configured_wandb(trainer: dict[str, Any]) -> dict[str, Any] | None:
 def run_callbacks(callbacks: list[dict[str, Any]] | None, run_dir: str | Path) -> list[dict[str, Any]] | None:
     """The callbacks with every ModelCheckpoint's fixed ``dirpath`` moved to ``<run_dir>/checkpoints``, or
     ``None`` when nothing needs moving (runs would otherwise overwrite each other's checkpoints)."""
-    if not callbacks:
-        return None
-    moved, out = False, []
-    for cb in callbacks:
-        init = dict(cb.get("init_args") or {})
-        if short_class(cb) == "ModelCheckpoint" and init.get("dirpath"):
-            init["dirpath"] = str(Path(run_dir) / "checkpoints")
-            cb = {**cb, "init_args": init}
-            moved = True
-        out.append(cb)
-    return out if moved else None
+    return redirect_checkpoints(callbacks, Path(run_dir) / "checkpoints")
 
 
 def run_loggers(

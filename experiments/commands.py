@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-Estimator = Literal["grpo", "dr_grpo", "ema_grpo"]
-ESTIMATORS: list[Estimator] = ["grpo", "dr_grpo", "ema_grpo"]
+from experiments.counterfactual import ESTIMATORS
+from lightning_modules.rl.advantages import Estimator
 
 
 def synth(*, out: str, per_task: int = 8, seed: int = 0, workers: int = 0) -> int:
@@ -76,7 +76,7 @@ def ablate(
     *,
     out: str,
     configs: list[str] | None = None,
-    advantages: Estimator | list[Estimator] = ESTIMATORS,  # noqa: B006 (read only)
+    advantages: Estimator | list[Estimator] = list(ESTIMATORS),  # noqa: B006,B008 (read only)
     seeds: int | list[int] = 3,
     name: str | None = None,
     last_k: int = 5,

@@ -50,3 +50,17 @@ def logger_entries(trainer: dict[str, Any]) -> list[dict[str, Any]]:
 
 def short_class(entry: dict[str, Any]) -> str:
     return str(entry.get("class_path", "")).rsplit(".", 1)[-1]
+
+
+def redirect_checkpoints(
+    callbacks: list[dict[str, Any]] | None, dirpath: str | Path
+) -> list[dict[str, Any]] | None:
+    """The callbacks with every ModelCheckpoint's fixed ``dirpath`` set to ``dirpath`` (copies; the
+    input is left alone), or ``None`` when no callback has one to move."""
+    moved, out = False, []
+    for entry in callbacks or []:
+        init = dict(entry.get("init_args") or {})
+        if short_class(entry) == "ModelCheckpoint" and init.get("dirpath"):
+            entry, moved = {**entry, "init_args": {**init, "dirpath": str(dirpath)}}, True
+        out.append(entry)
+    return out if moved else None

@@ -22,9 +22,9 @@ import torch
 
 from callbacks.reward_record import RECORD_FILE
 from lightning_modules.rl.advantage_diagnostics import advantage_diagnostics
-from lightning_modules.rl.advantages import AdvantageResult, TaskRewardEMA, compute_advantages
+from lightning_modules.rl.advantages import AdvantageResult, Estimator, TaskRewardEMA, compute_advantages
 
-ESTIMATORS = ("grpo", "dr_grpo", "ema_grpo")
+ESTIMATORS: tuple[Estimator, ...] = ("grpo", "dr_grpo", "ema_grpo")  # the ablation's order
 DIAGNOSTICS = ("mass_share", "amplified", "mean_abs")
 
 

@@ -23,7 +23,7 @@ from datamodules.media import stage_media
 from datamodules.prompts import build_prompt
 from datamodules.records import load_records
 from datamodules.synthetic import generate_suite
-from experiments.compose import compose, logger_entries, short_class
+from experiments.compose import compose, logger_entries, redirect_checkpoints, short_class
 from lightning_modules.model.processing import build_processor
 
 CONFIGS = Path(__file__).resolve().parent
@@ -82,9 +82,7 @@ def _overrides(out: Path, recipe: Path, name: str, data: dict[str, Any], trainer
         else:
             entry["init_args"]["name"] = f"csv-{name}"
     callbacks = composed.get("callbacks") or []
-    for entry in callbacks:
-        if short_class(entry) == "ModelCheckpoint":
-            entry["init_args"]["dirpath"] = str(out / f"{name}_checkpoints")
+    callbacks = redirect_checkpoints(callbacks, out / f"{name}_checkpoints") or callbacks
     path = out / f"demo_{name}_overrides.yaml"
     config = {
         "trainer": {"default_root_dir": str(out), "logger": logger, "callbacks": callbacks, **trainer},

@@ -24,7 +24,13 @@ from lightning_modules.model.backbone import (
     vision_grad_anchor,
 )
 from lightning_modules.rl.advantage_diagnostics import advantage_diagnostics
-from lightning_modules.rl.advantages import AdvantageResult, TaskRewardEMA, compute_advantages
+from lightning_modules.rl.advantages import (
+    AdvantageResult,
+    Estimator,
+    GuardMode,
+    TaskRewardEMA,
+    compute_advantages,
+)
 from lightning_modules.rl.losses import (
     aggregate,
     global_counts,
@@ -158,10 +164,10 @@ class GRPOModule(L.LightningModule):
         backbone: VisionLanguageBackbone,
         rollout: RolloutEngine | None = None,
         rollouts_per_prompt: int = 8,
-        advantage: Literal["ema_grpo", "grpo", "dr_grpo"] = "ema_grpo",
+        advantage: Estimator = "ema_grpo",
         task_key_by: Literal["task", "task_modality"] = "task",
         guard: float = 5.0,
-        guard_mode: Literal["fallback", "clip"] = "fallback",
+        guard_mode: GuardMode = "fallback",
         reward_variant: Literal["released", "paper"] = "released",
         reward_workers: int = 0,
         reward_model: OpenAIChatRewardScorer | None = None,
